@@ -1,0 +1,426 @@
+"""YAML configuration -> frozen, validated dataclasses.
+
+Files are merged in order (later files win, mappings merge key by key, lists are replaced),
+then ``--set key=value`` overrides apply (the value is parsed as YAML). A file may name a
+parent with ``extends: base.yaml`` (relative to itself). Every key is checked against the
+dataclasses below: an unknown key, a missing key or a value of the wrong type fails at load
+time with the key's dotted name and the file that set it.
+
+Stable keys other tools rely on: ``lake.root``, ``artifacts.root``, ``run.ds``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import os
+import re
+import types
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar, Union
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem, naming the key and where it was set."""
+
+
+# --------------------------------------------------------------------------- schema
+
+
+@dataclasses.dataclass(frozen=True)
+class SparkConf:
+    master: str = "local[*]"
+    app_name: str = "cdtm"
+    conf: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class LakeConf:
+    root: str
+    engine: Literal["delta-rs", "spark"] = "delta-rs"
+
+
+@dataclasses.dataclass(frozen=True)
+class ArtifactsConf:
+    root: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConf:
+    ds: str
+
+    def __post_init__(self) -> None:
+        try:
+            dt.date.fromisoformat(self.ds)
+        except ValueError:
+            raise ConfigError(f"run.ds: {self.ds!r} is not a date (YYYY-MM-DD)") from None
+        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.ds):
+            raise ConfigError(f"run.ds: {self.ds!r} is not a date (YYYY-MM-DD)")
+
+
+@dataclasses.dataclass(frozen=True)
+class SplitConf:
+    method: Literal["random", "time"] = "random"
+    seed: int = 0
+    train: float = 0.8
+    valid: float = 0.1
+    test: float = 0.1
+
+    def __post_init__(self) -> None:
+        total = self.train + self.valid + self.test
+        if abs(total - 1.0) > 1e-9 or min(self.train, self.valid, self.test) < 0:
+            raise ConfigError(
+                f"etl.split: train/valid/test must be >= 0 and sum to 1 (got {total:g})"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class EtlConf:
+    max_reject_rate: float = 0.05
+    min_count: int = 1
+    vocab: Literal["build", "reuse"] = "build"
+    split: SplitConf = dataclasses.field(default_factory=SplitConf)
+    output_partitions: int = 0  # 0: let Spark decide
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConf:
+    """Where raw events come from. ``{ds}`` in a path is replaced by ``run.ds``."""
+
+    format: Literal["csv", "parquet", "recbole", "synthetic"]
+    path: str | None = None
+    files: dict[str, str] | None = None  # path -> domain, for "one domain per input file"
+    delimiter: str = ","  # csv: every file has a header row; recbole: tab-separated "name:type" header
+    quote: str = '"'
+    joins: list[JoinConf] = dataclasses.field(default_factory=list)
+    synthetic: SyntheticConf | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JoinConf:
+    """A side table (users, items) joined to the events on a key column."""
+
+    path: str
+    on: str
+    format: Literal["csv", "parquet", "recbole"] | None = None  # default: the source's
+
+
+@dataclasses.dataclass(frozen=True)
+class SyntheticConf:
+    rows: int = 20000
+    domains: int = 3
+    seed: int = 0
+    users: int = 2000
+    items: int = 1000
+    latent_dim: int = 8
+    target_share: float = 0.05  # the last domain is the sparse target
+    domain_shift: float = 0.5  # how far each domain's transform is from the shared one
+    partitions: int = 4
+
+
+@dataclasses.dataclass(frozen=True)
+class LabelConf:
+    column: str
+    threshold: float | None = None  # label = value >= threshold; None: a 0/1 column
+
+
+@dataclasses.dataclass(frozen=True)
+class DomainConf:
+    names: list[str]
+    column: str | None = None
+    mapping: dict[str, str] | None = None  # raw value -> domain name
+    bins: list[float] | None = None  # numeric value: v < bins[0] -> names[0], ... >= bins[-1] -> names[-1]
+
+    def __post_init__(self) -> None:
+        if self.mapping is not None and self.bins is not None:
+            raise ConfigError("dataset.domain: give mapping or bins, not both")
+        if self.bins is not None and len(self.bins) != len(self.names) - 1:
+            raise ConfigError(
+                f"dataset.domain.bins: {len(self.names)} domains need {len(self.names) - 1} "
+                f"bin edges, got {len(self.bins)}"
+            )
+        if self.bins is not None and sorted(self.bins) != self.bins:
+            raise ConfigError("dataset.domain.bins: edges must be increasing")
+        if self.mapping is not None:
+            unknown = sorted(set(self.mapping.values()) - set(self.names))
+            if unknown:
+                raise ConfigError(f"dataset.domain.mapping: maps to undeclared domains {unknown}")
+
+
+@dataclasses.dataclass(frozen=True)
+class TimestampConf:
+    column: str
+    format: str = "unix"  # "unix" (seconds), "unix_ms", or a Spark datetime pattern
+
+
+@dataclasses.dataclass(frozen=True)
+class KeysConf:
+    user: str
+    item: str
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldConf:
+    """One categorical feature field."""
+
+    name: str
+    column: str | None = None  # default: name
+    domains: list[str] | None = None  # None: every domain
+    transferable: bool = False
+    required: bool = False
+    min_count: int | None = None  # default: etl.min_count
+    hash_buckets: int = 0  # > 0: hash into this many buckets instead of a vocabulary
+    token_sep: str | None = None  # multi-valued string: keep the first token
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseConf:
+    """One numeric feature, scaled to [0, 1] by its declared range (clipped)."""
+
+    name: str
+    min: float
+    max: float
+    column: str | None = None
+    domains: list[str] | None = None
+
+    @property
+    def source_column(self) -> str:
+        return self.column or self.name
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetConf:
+    name: str
+    source: SourceConf
+    label: LabelConf | None = None
+    domain: DomainConf | None = None
+    timestamp: TimestampConf | None = None
+    keys: KeysConf | None = None
+    fields: list[FieldConf] = dataclasses.field(default_factory=list)
+    dense: list[DenseConf] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if self.source.format == "synthetic":
+            return  # the generator declares its own label, domains and fields
+        for key in ("label", "domain", "timestamp", "keys"):
+            if getattr(self, key) is None:
+                raise ConfigError(f"dataset.{key}: missing (required for a {self.source.format} source)")
+        if not self.fields:
+            raise ConfigError("dataset.fields: at least one feature field is required")
+        names = [f.name for f in self.fields] + [d.name for d in self.dense]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ConfigError(f"dataset.fields: duplicate field names {dupes}")
+        domain_names = set(self.domain.names) if self.domain else set()
+        for f in [*self.fields, *self.dense]:
+            unknown = set(f.domains or []) - domain_names
+            if unknown:
+                raise ConfigError(
+                    f"dataset.fields[{f.name}].domains: unknown domains {sorted(unknown)} "
+                    f"(declared: {sorted(domain_names)})"
+                )
+        if self.domain and self.domain.column is None and not self.source.files:
+            raise ConfigError(
+                "dataset.domain: give a column, or map input files to domains in dataset.source.files"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    lake: LakeConf
+    artifacts: ArtifactsConf
+    run: RunConf
+    spark: SparkConf = dataclasses.field(default_factory=SparkConf)
+    etl: EtlConf = dataclasses.field(default_factory=EtlConf)
+    dataset: DatasetConf | None = None
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps dates as strings: ``run.ds`` is validated by RunConf."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    ch: [(tag, rx) for tag, rx in rules if tag != "tag:yaml.org,2002:timestamp"]
+    for ch, rules in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+T = TypeVar("T")
+
+
+def load_config(
+    paths: Sequence[str | os.PathLike[str]], overrides: Sequence[str] = ()
+) -> Config:
+    """Merge YAML files in order, apply ``key=value`` overrides, validate into a Config."""
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for path in paths:
+        _merge(merged, origin, _read_yaml(Path(path)), "", str(path))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key=value")
+        key = key.strip()
+        if key.startswith("spark.conf."):  # Spark's own keys hold dots; values stay strings
+            parts, value = ["spark", "conf", key[len("spark.conf.") :]], raw
+        else:
+            parts = key.split(".")
+            value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+        patch: Any = value
+        for part in reversed(parts):
+            patch = {part: patch}
+        _merge(merged, origin, patch, "", f"--set {key}")
+    return build(Config, merged, origin)
+
+
+def build(cls: type[T], data: Any, origin: Mapping[str, str] | None = None, prefix: str = "") -> T:
+    """Validate a plain mapping into the dataclass ``cls``; errors name key and source."""
+    return typing.cast(T, _convert(cls, data, prefix, dict(origin or {})))
+
+
+def to_dict(obj: Any) -> Any:
+    """A dataclass tree back to plain data (for artifacts and logs)."""
+    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: 'extends' loops back on itself")
+    try:
+        data = yaml.load(path.read_text(), Loader=_Loader) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    base = _read_yaml(path.parent / str(parent), (*seen, path.resolve()))
+    _merge(base, {}, data, "", str(path))
+    return base
+
+
+def _merge(dst: dict[str, Any], origin: dict[str, str], src: Mapping[str, Any], prefix: str, where: str) -> None:
+    for key, value in src.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
+            _merge(dst[key], origin, value, dotted + ".", where)
+        else:
+            dst[key] = _copy(value)
+        origin[dotted] = where
+
+
+def _copy(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy(v) for v in value]
+    return value
+
+
+def _where(origin: Mapping[str, str], key: str) -> str:
+    probe = key
+    while probe:
+        base = re.sub(r"\[[^\]]*\]$", "", probe)
+        if base in origin:
+            return f" (set in {origin[base]})"
+        probe = base.rpartition(".")[0] if base == probe else base
+    return ""
+
+
+def _fail(origin: Mapping[str, str], key: str, msg: str) -> ConfigError:
+    return ConfigError(f"{key}: {msg}{_where(origin, key)}")
+
+
+def _convert(tp: Any, value: Any, key: str, origin: Mapping[str, str]) -> Any:
+    if dataclasses.is_dataclass(tp) and isinstance(tp, type):
+        return _convert_dataclass(tp, value, key, origin)
+    org = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if org in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        errors: list[ConfigError] = []
+        for a in inner:
+            try:
+                return _convert(a, value, key, origin)
+            except ConfigError as e:
+                errors.append(e)
+        if len(errors) == 1:
+            raise errors[0]
+        raise _fail(origin, key, f"{value!r} fits none of {inner}")
+    if org is Literal:
+        if value not in args:
+            raise _fail(origin, key, f"{value!r} is not one of {list(args)}")
+        return value
+    if org is list:
+        if not isinstance(value, list):
+            raise _fail(origin, key, f"expected a list, got {type(value).__name__}")
+        return [_convert(args[0], v, f"{key}[{i}]", origin) for i, v in enumerate(value)]
+    if org is dict:
+        if not isinstance(value, Mapping):
+            raise _fail(origin, key, f"expected a mapping, got {type(value).__name__}")
+        return {str(k): _convert(args[1], v, f"{key}.{k}", origin) for k, v in value.items()}
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)  # YAML reads 42 as an int where a name or code is meant
+    if tp in (int, float, str, bool):
+        if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+            raise _fail(origin, key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+        return value
+    raise _fail(origin, key, f"unsupported type {tp}")
+
+
+def _convert_dataclass(cls: type, value: Any, key: str, origin: Mapping[str, str]) -> Any:
+    label = key or "config"
+    if not isinstance(value, Mapping):
+        raise _fail(origin, label, f"expected a mapping, got {type(value).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    prefix = f"{key}." if key else ""
+    unknown = sorted(set(value) - set(fields))
+    if unknown:
+        bad = f"{prefix}{unknown[0]}"
+        raise _fail(origin, bad, f"unknown key (allowed here: {', '.join(sorted(fields))})")
+    kwargs = {}
+    for name, f in fields.items():
+        if name in value:
+            kwargs[name] = _convert(hints[name], value[name], prefix + name, origin)
+        elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+            raise ConfigError(f"{prefix}{name}: missing key{_where(origin, key) if key else ''}")
+    try:
+        return cls(**kwargs)
+    except ConfigError as e:
+        raise ConfigError(f"{e}{_where(origin, key)}") from None
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def resolve_path(path: str, ds: str | None = None) -> str:
+    """Expand ``${VAR}`` / ``${VAR:-default}``, ``~`` and ``{ds}`` in a configured path."""
+
+    def env(m: re.Match[str]) -> str:
+        value = os.environ.get(m.group(1)) or m.group(2)
+        if value is None:
+            raise ConfigError(f"path {path!r}: environment variable {m.group(1)} is not set")
+        return value
+
+    out = os.path.expanduser(_ENV.sub(env, path))
+    return out.replace("{ds}", ds) if ds else out

@@ -1,0 +1,108 @@
+"""The feature spec: what the ETL produced, as the model needs to know it.
+
+Written by the ETL as the ``feature_spec`` Delta table (one row per domain, field and dense
+feature) next to the ``vocab`` table it describes, and copied into each model artifact.
+Nothing here imports Spark or torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+SPEC_COLUMNS = "kind string, name string, position int, column string, domains array<string>, transferable boolean, size long, min double, max double"
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldSpec:
+    name: str
+    column: str  # int64 index column in the features table
+    domains: tuple[str, ...]  # domains that have this field
+    transferable: bool  # shared across domains (has a GSE table)
+    vocab_size: int  # embedding rows, PAD and OOV included
+
+
+@dataclasses.dataclass(frozen=True)
+class DenseSpec:
+    name: str
+    column: str  # float32 column in the features table, scaled to [0, 1]
+    domains: tuple[str, ...]
+    min: float
+    max: float
+
+
+@dataclasses.dataclass(frozen=True)
+class FeatureSpec:
+    dataset: str
+    domains: tuple[str, ...]
+    fields: tuple[FieldSpec, ...]
+    dense: tuple[DenseSpec, ...] = ()
+
+    def field(self, name: str) -> FieldSpec:
+        for f in self.fields:
+            if f.name == name:
+                return f
+        raise KeyError(f"no field {name!r} in the feature spec (fields: {[f.name for f in self.fields]})")
+
+    def fields_of(self, domain: str) -> list[FieldSpec]:
+        return [f for f in self.fields if domain in f.domains]
+
+    @property
+    def columns(self) -> list[str]:
+        return [f.column for f in self.fields] + [d.column for d in self.dense]
+
+    # ---- (de)serialisation
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @staticmethod
+    def from_dict(d: Mapping[str, Any]) -> FeatureSpec:
+        return FeatureSpec(
+            dataset=d["dataset"],
+            domains=tuple(d["domains"]),
+            fields=tuple(FieldSpec(**{**f, "domains": tuple(f["domains"])}) for f in d["fields"]),
+            dense=tuple(DenseSpec(**{**x, "domains": tuple(x["domains"])}) for x in d.get("dense", ())),
+        )
+
+    def to_rows(self) -> list[tuple[Any, ...]]:
+        """Rows of the ``feature_spec`` table (SPEC_COLUMNS)."""
+        rows: list[tuple[Any, ...]] = [("dataset", self.dataset, 0, None, None, None, None, None, None)]
+        rows += [("domain", n, i, None, None, None, None, None, None) for i, n in enumerate(self.domains)]
+        rows += [
+            ("field", f.name, i, f.column, list(f.domains), f.transferable, f.vocab_size, None, None)
+            for i, f in enumerate(self.fields)
+        ]
+        rows += [
+            ("dense", d.name, i, d.column, list(d.domains), False, None, d.min, d.max)
+            for i, d in enumerate(self.dense)
+        ]
+        return rows
+
+    @staticmethod
+    def from_rows(rows: Iterable[Mapping[str, Any]]) -> FeatureSpec:
+        by_kind: dict[str, list[Mapping[str, Any]]] = {}
+        for r in rows:
+            by_kind.setdefault(r["kind"], []).append(r)
+        if "dataset" not in by_kind or "domain" not in by_kind:
+            raise ValueError("feature_spec table has no dataset/domain rows: was the ETL run?")
+
+        def ordered(kind: str) -> list[Mapping[str, Any]]:
+            return sorted(by_kind.get(kind, []), key=lambda r: r["position"])
+
+        return FeatureSpec(
+            dataset=by_kind["dataset"][0]["name"],
+            domains=tuple(r["name"] for r in ordered("domain")),
+            fields=tuple(
+                FieldSpec(r["name"], r["column"], tuple(r["domains"]), bool(r["transferable"]), int(r["size"]))
+                for r in ordered("field")
+            ),
+            dense=tuple(
+                DenseSpec(r["name"], r["column"], tuple(r["domains"]), float(r["min"]), float(r["max"]))
+                for r in ordered("dense")
+            ),
+        )

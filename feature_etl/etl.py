@@ -1,0 +1,221 @@
+"""The feature ETL job: raw events of one day -> ``features``, ``rejects``, ``vocab``, ``feature_spec``.
+
+Extract (``sources.read_events``) -> validate -> split -> vocabulary -> load. Every input row
+ends up either in ``features`` or in ``rejects`` with a reason code, and the report checks that
+input = accepted + rejected before it returns. Re-running a day replaces that day.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from pyspark import StorageLevel
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from cdtm.config import Config, DatasetConf
+from cdtm.lake import Lake
+from cdtm.spec import SPEC_COLUMNS, DenseSpec, FeatureSpec, FieldSpec
+from feature_etl.sources import read_events
+from feature_etl.split import assign_split
+from feature_etl.validate import REASONS, validate
+from feature_etl.vocab import apply_vocab, build_vocab, feature_column, vocab_sizes
+
+log = logging.getLogger(__name__)
+
+FEATURES, REJECTS, VOCAB, SPEC = "features", "rejects", "vocab", "feature_spec"
+
+
+class EtlError(RuntimeError):
+    """The ETL refused to publish a day; the message says why and what was counted."""
+
+
+@dataclasses.dataclass(frozen=True)
+class EtlReport:
+    ds: str
+    dataset: str
+    input_rows: int
+    accepted_rows: int
+    rejected: dict[str, int]
+    domain_rows: dict[str, int]
+    split_rows: dict[str, int]
+    vocab_sizes: dict[str, int]
+    versions: dict[str, int]
+    seconds: float
+
+    @property
+    def rejected_rows(self) -> int:
+        return sum(self.rejected.values())
+
+    @property
+    def reject_rate(self) -> float:
+        return self.rejected_rows / self.input_rows if self.input_rows else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(rejected_rows=self.rejected_rows, reject_rate=round(self.reject_rate, 6))
+        return d
+
+    def summary(self) -> str:
+        lines = [
+            f"ETL {self.dataset} ds={self.ds}: input {self.input_rows:,} = accepted {self.accepted_rows:,}"
+            f" + rejected {self.rejected_rows:,} ({self.reject_rate:.2%})  [{self.seconds:.1f}s]",
+        ]
+        lines += [f"  rejected {r}: {n:,}" for r, n in self.rejected.items() if n]
+        lines.append("  rows per domain: " + ", ".join(f"{d}={n:,}" for d, n in self.domain_rows.items()))
+        lines.append("  rows per split: " + ", ".join(f"{s}={n:,}" for s, n in self.split_rows.items()))
+        lines.append("  vocab sizes: " + ", ".join(f"{f}={n:,}" for f, n in self.vocab_sizes.items()))
+        lines.append("  table versions: " + ", ".join(f"{t}={v}" for t, v in self.versions.items()))
+        return "\n".join(lines)
+
+
+def dataset_of(cfg: Config) -> DatasetConf:
+    if cfg.dataset is None:
+        raise EtlError("no dataset spec: add one, e.g. --config conf/datasets/movielens-1m.yaml")
+    if cfg.dataset.source.format == "synthetic":
+        from feature_etl.synthetic import dataset_spec
+
+        assert cfg.dataset.source.synthetic is not None
+        return dataset_spec(cfg.dataset.source.synthetic)
+    return cfg.dataset
+
+
+def feature_spec(dataset: DatasetConf, sizes: Mapping[str, int]) -> FeatureSpec:
+    assert dataset.domain is not None
+    all_domains = tuple(dataset.domain.names)
+    return FeatureSpec(
+        dataset=dataset.name,
+        domains=all_domains,
+        fields=tuple(
+            FieldSpec(f.name, feature_column(f), tuple(f.domains or all_domains), f.transferable, sizes[f.name])
+            for f in dataset.fields
+        ),
+        dense=tuple(
+            DenseSpec(d.name, f"dense_{d.name}", tuple(d.domains or all_domains), d.min, d.max)
+            for d in dataset.dense
+        ),
+    )
+
+
+def to_features(df: DataFrame, dataset: DatasetConf, ds: str) -> DataFrame:
+    """The ``features`` table's columns, in order."""
+    return df.select(
+        F.lit(ds).alias("ds"),
+        F.xxhash64("_raw").alias("row_id"),
+        F.col("domain").cast("int"),
+        F.col("label").cast("int"),
+        "split",
+        F.col("ts").cast("long"),
+        "user_key",
+        "item_key",
+        *[F.col(feature_column(f)).cast("long") for f in dataset.fields],
+        *[F.col(f"dense_{d.name}").cast("float") for d in dataset.dense],
+    )
+
+
+def to_rejects(df: DataFrame, ds: str) -> DataFrame:
+    return df.where(F.col("_reason").isNotNull()).select(
+        F.lit(ds).alias("ds"),
+        F.col("_reason").alias("reason"),
+        F.col("_field").alias("field"),
+        F.col("_file").alias("source_file"),
+        F.col("_raw").alias("raw"),
+    )
+
+
+def read_spec(spark: SparkSession, lake: Lake, version: int | None = None) -> FeatureSpec:
+    return FeatureSpec.from_rows(r.asDict() for r in lake.read(spark, SPEC, version).collect())
+
+
+def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
+    start = time.time()
+    ds = cfg.run.ds
+    dataset = dataset_of(cfg)
+    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    log.info("ETL %s for ds=%s -> %s", dataset.name, ds, lake.root)
+
+    checked = validate(read_events(spark, dataset, ds), dataset).persist(StorageLevel.MEMORY_AND_DISK)
+    try:
+        counts = {r["_reason"]: int(r["count"]) for r in checked.groupBy("_reason").count().collect()}
+        input_rows = sum(counts.values())
+        accepted_rows = counts.pop(None, 0)
+        rejected = {reason: counts.get(reason, 0) for reason in REASONS}
+        if input_rows == 0:
+            raise EtlError(f"ds={ds}: the input has no rows; nothing written")
+        versions: dict[str, int] = {}
+        rate = (input_rows - accepted_rows) / input_rows
+        if rate > cfg.etl.max_reject_rate:
+            res = lake.write(spark, to_rejects(checked, ds), REJECTS, mode="overwrite_day", partition_by=["ds"], ds=ds)
+            detail = ", ".join(f"{r}={n:,}" for r, n in rejected.items() if n)
+            raise EtlError(
+                f"ds={ds}: {rate:.2%} of {input_rows:,} input rows rejected, above etl.max_reject_rate="
+                f"{cfg.etl.max_reject_rate:.2%} ({detail}). Features NOT written; the rejected rows are "
+                f"in {lake.path(REJECTS)} version {res.version} for inspection."
+            )
+
+        accepted = assign_split(checked.where(F.col("_reason").isNull()), cfg.etl.split)
+        if cfg.etl.vocab == "build":
+            vocab = build_vocab(accepted.where(F.col("split") == "train"), dataset.fields, cfg.etl.min_count)
+            res = lake.write(spark, vocab, VOCAB, mode="overwrite")
+            versions[VOCAB] = res.version
+            vocab = lake.read(spark, VOCAB, res.version)
+            spec = feature_spec(dataset, vocab_sizes(vocab, dataset.fields))
+            spec_df = spark.createDataFrame(spec.to_rows(), SPEC_COLUMNS)
+            versions[SPEC] = lake.write(spark, spec_df, SPEC, mode="overwrite").version
+        else:
+            if not lake.exists(VOCAB):
+                raise EtlError(f"etl.vocab=reuse but there is no vocab table at {lake.path(VOCAB)}")
+            versions[VOCAB], versions[SPEC] = lake.version(VOCAB), lake.version(SPEC)
+            vocab = lake.read(spark, VOCAB, versions[VOCAB])
+            spec = read_spec(spark, lake, versions[SPEC])
+            wanted = [f.name for f in dataset.fields]
+            if [f.name for f in spec.fields] != wanted:
+                raise EtlError(
+                    f"etl.vocab=reuse: the stored feature spec has fields {[f.name for f in spec.fields]}, "
+                    f"the dataset declares {wanted}"
+                )
+
+        by_domain: dict[int, int] = {}
+        by_split: dict[str, int] = {}
+        for r in accepted.groupBy("domain", "split").count().collect():
+            by_domain[r["domain"]] = by_domain.get(r["domain"], 0) + r["count"]
+            by_split[r["split"]] = by_split.get(r["split"], 0) + r["count"]
+
+        features = to_features(apply_vocab(accepted, vocab, dataset.fields), dataset, ds)
+        if cfg.etl.output_partitions > 0:
+            features = features.repartition(cfg.etl.output_partitions)
+        written = lake.write(spark, features, FEATURES, mode="overwrite_day", partition_by=["ds"], ds=ds)
+        rejects = lake.write(spark, to_rejects(checked, ds), REJECTS, mode="overwrite_day", partition_by=["ds"], ds=ds)
+        versions[FEATURES], versions[REJECTS] = written.version, rejects.version
+
+        if written.rows + rejects.rows != input_rows or written.rows != accepted_rows:
+            raise EtlError(
+                f"ds={ds}: counts do not reconcile: input {input_rows:,}, features written {written.rows:,}, "
+                f"rejects written {rejects.rows:,} (accepted counted {accepted_rows:,})"
+            )
+    finally:
+        checked.unpersist()
+
+    report = EtlReport(
+        ds=ds,
+        dataset=dataset.name,
+        input_rows=input_rows,
+        accepted_rows=accepted_rows,
+        rejected=rejected,
+        domain_rows={name: by_domain.get(i, 0) for i, name in enumerate(spec.domains)},
+        split_rows={s: by_split.get(s, 0) for s in ("train", "valid", "test")},
+        vocab_sizes={f.name: f.vocab_size for f in spec.fields},
+        versions=versions,
+        seconds=round(time.time() - start, 2),
+    )
+    log.info("%s", report.summary())
+    return report
+
+
+def report_json(report: EtlReport) -> str:
+    return json.dumps(report.to_dict(), indent=2, sort_keys=True)

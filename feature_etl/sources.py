@@ -1,0 +1,157 @@
+"""Extract: raw events as string columns, whatever the source.
+
+Every source yields one row per input event with the source's columns as strings (types are
+checked by validation, so a bad value becomes a reject, not a crash) plus:
+
+- ``_raw``: the row as it came (the malformed text, or JSON of the string values),
+- ``_file``: the input file it came from,
+- ``_corrupt``: set when the row did not parse (wrong number of fields),
+- ``_domain_from_file``: the domain, where the dataset maps input files to domains,
+- ``_unmatched``: the key column of the first side-table join that found no row.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.types import StringType, StructField, StructType
+from pyspark.sql.utils import AnalysisException
+
+from cdtm.config import DatasetConf, JoinConf, SourceConf, resolve_path
+
+CORRUPT = "_corrupt"
+META_COLUMNS = ("_raw", "_file", CORRUPT, "_domain_from_file", "_unmatched")
+
+
+class SourceError(ValueError):
+    """An input could not be read; the message names the path."""
+
+
+def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame:
+    """Raw events of day ``ds`` (``{ds}`` in paths is replaced) with the meta columns above."""
+    src = dataset.source
+    if src.format == "synthetic":
+        from feature_etl.synthetic import generate
+
+        if src.synthetic is None:
+            raise SourceError("dataset.source.synthetic: generator settings are missing")
+        events = generate(spark, src.synthetic)
+        return _with_meta(events, events.columns, F.lit("synthetic"), None, None)
+
+    if src.files:
+        parts = []
+        for path, domain in src.files.items():
+            df = _read(spark, src.format, resolve_path(path, ds), src)
+            data_cols = [c for c in df.columns if c != CORRUPT]
+            parts.append(_with_meta(df, data_cols, F.input_file_name(), F.lit(domain), CORRUPT))
+        events = _union(parts)
+    else:
+        if not src.path:
+            raise SourceError("dataset.source: give path, or files (one domain per file)")
+        df = _read(spark, src.format, resolve_path(src.path, ds), src)
+        data_cols = [c for c in df.columns if c != CORRUPT]
+        events = _with_meta(df, data_cols, F.input_file_name(), None, CORRUPT)
+
+    for join in src.joins:
+        events = _join_side(spark, events, join, src, ds)
+    return events
+
+
+def _with_meta(
+    df: DataFrame,
+    data_cols: Sequence[str],
+    file_col: Column,
+    domain: Column | None,
+    corrupt_col: str | None,
+) -> DataFrame:
+    as_json = F.to_json(F.struct(*[F.col(c) for c in data_cols]), {"ignoreNullFields": "false"})
+    corrupt = F.col(corrupt_col) if corrupt_col else F.lit(None).cast("string")
+    return df.select(
+        *[F.col(c) for c in data_cols],
+        F.coalesce(corrupt, as_json).alias("_raw"),
+        file_col.alias("_file"),
+        corrupt.alias(CORRUPT),
+        (domain if domain is not None else F.lit(None)).cast("string").alias("_domain_from_file"),
+        F.lit(None).cast("string").alias("_unmatched"),
+    )
+
+
+def _union(parts: list[DataFrame]) -> DataFrame:
+    out = parts[0]
+    for p in parts[1:]:
+        out = out.unionByName(p, allowMissingColumns=True)
+    return out
+
+
+def _check_exists(path: str) -> None:
+    if "://" in path and not path.startswith("file:"):
+        return  # remote stores: Spark reports a missing path itself
+    local = path.removeprefix("file://")
+    if not glob.glob(local):
+        raise SourceError(f"input not found: {path}")
+
+
+def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFrame:
+    """One input (file, folder or glob) with every column as a string, plus CORRUPT."""
+    _check_exists(path)
+    try:
+        if fmt == "parquet":
+            df = spark.read.parquet(path)
+            return df.select(
+                *[F.col(c).cast("string").alias(c) for c in df.columns],
+                F.lit(None).cast("string").alias(CORRUPT),
+            )
+        recbole = fmt == "recbole"
+        sep = "\t" if recbole else src.delimiter
+        quote = "" if recbole else src.quote  # RecBole files do not quote: titles hold '"'
+        header = (
+            spark.read.option("header", True).option("sep", sep).option("quote", quote).csv(path).columns
+        )
+    except AnalysisException as e:
+        raise SourceError(f"cannot read {path}: {e}") from e
+    if not header:
+        raise SourceError(f"{path}: empty input (no header row)")
+    names = [h.split(":")[0] for h in header] if recbole else list(header)
+    dupes = sorted({n for n in names if names.count(n) > 1})
+    if dupes:
+        raise SourceError(f"{path}: duplicate column names in the header: {dupes}")
+    schema = StructType([StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())])
+    df = (
+        spark.read.schema(schema)
+        .option("header", True)
+        .option("sep", sep)
+        .option("quote", quote)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", CORRUPT)
+        .csv(path)
+    )
+    return df.toDF(*names, CORRUPT)
+
+
+def _join_side(spark: SparkSession, events: DataFrame, join: JoinConf, src: SourceConf, ds: str) -> DataFrame:
+    """Left-join a side table (users, items) on ``join.on``; rows without a match are marked."""
+    path = resolve_path(join.path, ds)
+    side = _read(spark, join.format or src.format, path, src).drop(CORRUPT)
+    if join.on not in side.columns:
+        raise SourceError(f"{path}: join column {join.on!r} not in its header {side.columns}")
+    if join.on not in events.columns:
+        raise SourceError(f"join on {join.on!r}: the events have no such column ({path})")
+    extra = [c for c in side.columns if c != join.on and c not in events.columns]
+    # One row per key, chosen deterministically, so a duplicated key cannot duplicate events.
+    side = side.groupBy(join.on).agg(
+        F.min(F.struct(*[F.col(c) for c in extra])).alias("_side") if extra else F.lit(1).alias("_side")
+    )
+    marker = f"_matched_{abs(hash(path)) % 10**8}"
+    side = side.withColumn(marker, F.lit(True))
+    joined = events.join(side, on=join.on, how="left")
+    cols = [F.col(c) for c in events.columns if c != "_unmatched"]
+    cols += [F.col(f"_side.{c}").alias(c) for c in extra]
+    unmatched = F.when(
+        F.col("_unmatched").isNull() & F.col(marker).isNull() & F.col(join.on).isNotNull(),
+        F.lit(f"{join.on} ({os.path.basename(path)})"),
+    ).otherwise(F.col("_unmatched"))
+    return joined.select(*cols, unmatched.alias("_unmatched"))
