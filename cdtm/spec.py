@@ -44,7 +44,9 @@ class FeatureSpec:
         for f in self.fields:
             if f.name == name:
                 return f
-        raise KeyError(f"no field {name!r} in the feature spec (fields: {[f.name for f in self.fields]})")
+        raise KeyError(
+            f"no field {name!r} in the feature spec (fields: {[f.name for f in self.fields]})"
+        )
 
     def fields_of(self, domain: str) -> list[FieldSpec]:
         return [f for f in self.fields if domain in f.domains]
@@ -66,19 +68,35 @@ class FeatureSpec:
             dataset=d["dataset"],
             domains=tuple(d["domains"]),
             fields=tuple(FieldSpec(**{**f, "domains": tuple(f["domains"])}) for f in d["fields"]),
-            dense=tuple(DenseSpec(**{**x, "domains": tuple(x["domains"])}) for x in d.get("dense", ())),
+            dense=tuple(
+                DenseSpec(**{**x, "domains": tuple(x["domains"])}) for x in d.get("dense", ())
+            ),
         )
 
     def to_rows(self) -> list[tuple[Any, ...]]:
         """Rows of the ``feature_spec`` table (SPEC_COLUMNS)."""
-        rows: list[tuple[Any, ...]] = [("dataset", self.dataset, 0, None, None, None, None, None, None)]
-        rows += [("domain", n, i, None, None, None, None, None, None) for i, n in enumerate(self.domains)]
+        rows: list[tuple[Any, ...]] = [
+            ("dataset", self.dataset, 0, None, None, None, None, None, None)
+        ]
         rows += [
-            ("field", f.name, i, f.column, list(f.domains), f.transferable, f.vocab_size, None, None)
+            ("domain", n, i, None, None, None, None, None, None) for i, n in enumerate(self.domains)
+        ]
+        rows += [
+            (
+                "field",
+                f.name,
+                i,
+                f.column,
+                list(f.domains),
+                f.transferable,
+                f.vocab_size,
+                None,
+                None,
+            )
             for i, f in enumerate(self.fields)
         ]
         rows += [
-            ("dense", d.name, i, d.column, list(d.domains), False, None, d.min, d.max)
+            ("dense", d.name, i, d.column, list(d.domains), False, None, float(d.min), float(d.max))
             for i, d in enumerate(self.dense)
         ]
         return rows
@@ -98,11 +116,19 @@ class FeatureSpec:
             dataset=by_kind["dataset"][0]["name"],
             domains=tuple(r["name"] for r in ordered("domain")),
             fields=tuple(
-                FieldSpec(r["name"], r["column"], tuple(r["domains"]), bool(r["transferable"]), int(r["size"]))
+                FieldSpec(
+                    r["name"],
+                    r["column"],
+                    tuple(r["domains"]),
+                    bool(r["transferable"]),
+                    int(r["size"]),
+                )
                 for r in ordered("field")
             ),
             dense=tuple(
-                DenseSpec(r["name"], r["column"], tuple(r["domains"]), float(r["min"]), float(r["max"]))
+                DenseSpec(
+                    r["name"], r["column"], tuple(r["domains"]), float(r["min"]), float(r["max"])
+                )
                 for r in ordered("dense")
             ),
         )

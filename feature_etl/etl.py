@@ -67,9 +67,15 @@ class EtlReport:
             f" + rejected {self.rejected_rows:,} ({self.reject_rate:.2%})  [{self.seconds:.1f}s]",
         ]
         lines += [f"  rejected {r}: {n:,}" for r, n in self.rejected.items() if n]
-        lines.append("  rows per domain: " + ", ".join(f"{d}={n:,}" for d, n in self.domain_rows.items()))
-        lines.append("  rows per split: " + ", ".join(f"{s}={n:,}" for s, n in self.split_rows.items()))
-        lines.append("  vocab sizes: " + ", ".join(f"{f}={n:,}" for f, n in self.vocab_sizes.items()))
+        lines.append(
+            "  rows per domain: " + ", ".join(f"{d}={n:,}" for d, n in self.domain_rows.items())
+        )
+        lines.append(
+            "  rows per split: " + ", ".join(f"{s}={n:,}" for s, n in self.split_rows.items())
+        )
+        lines.append(
+            "  vocab sizes: " + ", ".join(f"{f}={n:,}" for f, n in self.vocab_sizes.items())
+        )
         lines.append("  table versions: " + ", ".join(f"{t}={v}" for t, v in self.versions.items()))
         return "\n".join(lines)
 
@@ -92,7 +98,13 @@ def feature_spec(dataset: DatasetConf, sizes: Mapping[str, int]) -> FeatureSpec:
         dataset=dataset.name,
         domains=all_domains,
         fields=tuple(
-            FieldSpec(f.name, feature_column(f), tuple(f.domains or all_domains), f.transferable, sizes[f.name])
+            FieldSpec(
+                f.name,
+                feature_column(f),
+                tuple(f.domains or all_domains),
+                f.transferable,
+                sizes[f.name],
+            )
             for f in dataset.fields
         ),
         dense=tuple(
@@ -139,9 +151,13 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     lake = Lake(cfg.lake.root, cfg.lake.engine)
     log.info("ETL %s for ds=%s -> %s", dataset.name, ds, lake.root)
 
-    checked = validate(read_events(spark, dataset, ds), dataset).persist(StorageLevel.MEMORY_AND_DISK)
+    checked = validate(read_events(spark, dataset, ds), dataset).persist(
+        StorageLevel.MEMORY_AND_DISK
+    )
     try:
-        counts = {r["_reason"]: int(r["count"]) for r in checked.groupBy("_reason").count().collect()}
+        counts = {
+            r["_reason"]: int(r["count"]) for r in checked.groupBy("_reason").count().collect()
+        }
         input_rows = sum(counts.values())
         accepted_rows = counts.pop(None, 0)
         rejected = {reason: counts.get(reason, 0) for reason in REASONS}
@@ -150,7 +166,14 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         versions: dict[str, int] = {}
         rate = (input_rows - accepted_rows) / input_rows
         if rate > cfg.etl.max_reject_rate:
-            res = lake.write(spark, to_rejects(checked, ds), REJECTS, mode="overwrite_day", partition_by=["ds"], ds=ds)
+            res = lake.write(
+                spark,
+                to_rejects(checked, ds),
+                REJECTS,
+                mode="overwrite_day",
+                partition_by=["ds"],
+                ds=ds,
+            )
             detail = ", ".join(f"{r}={n:,}" for r, n in rejected.items() if n)
             raise EtlError(
                 f"ds={ds}: {rate:.2%} of {input_rows:,} input rows rejected, above etl.max_reject_rate="
@@ -160,7 +183,9 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
 
         accepted = assign_split(checked.where(F.col("_reason").isNull()), cfg.etl.split)
         if cfg.etl.vocab == "build":
-            vocab = build_vocab(accepted.where(F.col("split") == "train"), dataset.fields, cfg.etl.min_count)
+            vocab = build_vocab(
+                accepted.where(F.col("split") == "train"), dataset.fields, cfg.etl.min_count
+            )
             res = lake.write(spark, vocab, VOCAB, mode="overwrite")
             versions[VOCAB] = res.version
             vocab = lake.read(spark, VOCAB, res.version)
@@ -189,8 +214,17 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         features = to_features(apply_vocab(accepted, vocab, dataset.fields), dataset, ds)
         if cfg.etl.output_partitions > 0:
             features = features.repartition(cfg.etl.output_partitions)
-        written = lake.write(spark, features, FEATURES, mode="overwrite_day", partition_by=["ds"], ds=ds)
-        rejects = lake.write(spark, to_rejects(checked, ds), REJECTS, mode="overwrite_day", partition_by=["ds"], ds=ds)
+        written = lake.write(
+            spark, features, FEATURES, mode="overwrite_day", partition_by=["ds"], ds=ds
+        )
+        rejects = lake.write(
+            spark,
+            to_rejects(checked, ds),
+            REJECTS,
+            mode="overwrite_day",
+            partition_by=["ds"],
+            ds=ds,
+        )
         versions[FEATURES], versions[REJECTS] = written.version, rejects.version
 
         if written.rows + rejects.rows != input_rows or written.rows != accepted_rows:

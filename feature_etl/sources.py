@@ -109,7 +109,11 @@ def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFram
         sep = "\t" if recbole else src.delimiter
         quote = "" if recbole else src.quote  # RecBole files do not quote: titles hold '"'
         header = (
-            spark.read.option("header", True).option("sep", sep).option("quote", quote).csv(path).columns
+            spark.read.option("header", True)
+            .option("sep", sep)
+            .option("quote", quote)
+            .csv(path)
+            .columns
         )
     except AnalysisException as e:
         raise SourceError(f"cannot read {path}: {e}") from e
@@ -119,7 +123,9 @@ def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFram
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SourceError(f"{path}: duplicate column names in the header: {dupes}")
-    schema = StructType([StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())])
+    schema = StructType(
+        [StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())]
+    )
     df = (
         spark.read.schema(schema)
         .option("header", True)
@@ -132,7 +138,9 @@ def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFram
     return df.toDF(*names, CORRUPT)
 
 
-def _join_side(spark: SparkSession, events: DataFrame, join: JoinConf, src: SourceConf, ds: str) -> DataFrame:
+def _join_side(
+    spark: SparkSession, events: DataFrame, join: JoinConf, src: SourceConf, ds: str
+) -> DataFrame:
     """Left-join a side table (users, items) on ``join.on``; rows without a match are marked."""
     path = resolve_path(join.path, ds)
     side = _read(spark, join.format or src.format, path, src).drop(CORRUPT)
@@ -143,7 +151,9 @@ def _join_side(spark: SparkSession, events: DataFrame, join: JoinConf, src: Sour
     extra = [c for c in side.columns if c != join.on and c not in events.columns]
     # One row per key, chosen deterministically, so a duplicated key cannot duplicate events.
     side = side.groupBy(join.on).agg(
-        F.min(F.struct(*[F.col(c) for c in extra])).alias("_side") if extra else F.lit(1).alias("_side")
+        F.min(F.struct(*[F.col(c) for c in extra])).alias("_side")
+        if extra
+        else F.lit(1).alias("_side")
     )
     marker = f"_matched_{abs(hash(path)) % 10**8}"
     side = side.withColumn(marker, F.lit(True))

@@ -17,7 +17,9 @@ _BUCKETS = 1_000_000
 
 def assign_split(df: DataFrame, conf: SplitConf, key: str = "_raw", ts: str = "ts") -> DataFrame:
     if conf.method == "random":
-        u = F.pmod(F.xxhash64(F.col(key), F.lit(conf.seed)), F.lit(_BUCKETS)) / F.lit(float(_BUCKETS))
+        u = F.pmod(F.xxhash64(F.col(key), F.lit(conf.seed)), F.lit(_BUCKETS)) / F.lit(
+            float(_BUCKETS)
+        )
         lo, hi = F.lit(conf.train), F.lit(conf.train + conf.valid)
     else:
         u = F.col(ts)

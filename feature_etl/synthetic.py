@@ -15,7 +15,7 @@ on partitioning, and any row count can be generated.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable
 
 import numpy as np
 import pandas as pd
@@ -67,7 +67,7 @@ def dataset_spec(conf: SyntheticConf) -> DatasetConf:
         timestamp=TimestampConf(column="ts", format="unix"),
         keys=KeysConf(user="user_id", item="item_id"),
         fields=fields,
-        dense=[DenseConf(name="hour", min=0, max=23, column="hour")],
+        dense=[DenseConf(name="hour", min=0.0, max=23.0, column="hour")],
     )
 
 
@@ -97,7 +97,10 @@ class _World:
         self.p = rng.normal(0, 1 / np.sqrt(dim), (conf.users, dim))
         self.q = rng.normal(0, 1 / np.sqrt(dim), (conf.items, dim))
         self.w = np.stack(
-            [np.eye(dim) + conf.domain_shift * rng.normal(0, 1 / np.sqrt(dim), (dim, dim)) for _ in range(conf.domains)]
+            [
+                np.eye(dim) + conf.domain_shift * rng.normal(0, 1 / np.sqrt(dim), (dim, dim))
+                for _ in range(conf.domains)
+            ]
         )
         self.bias = rng.normal(0, 0.3, conf.domains)
         self.ctx = rng.normal(0, 0.5, (conf.domains, N_CTX))
@@ -134,24 +137,37 @@ def _rows(conf: SyntheticConf, ids: np.ndarray, world: _World) -> pd.DataFrame:
             "ts": (BASE_TS + secs).astype(str),
             "hour": hour.astype(str),
             "item_cat": np.char.add("c", (item % N_CATS).astype(str)),
-            "user_group": np.where(has_group, np.char.add("g", group.astype(str)), None),
+            "user_group": pd.Series(np.char.add("g", group.astype(str))).where(has_group, None),
         }
     )
     for k, n in enumerate(names):
-        out[f"ctx_{n}"] = np.where(dom == k, np.char.add(f"x{k}_", ctx.astype(str)), None)
+        ctx_values: pd.Series = pd.Series(np.char.add(f"x{k}_", ctx.astype(str)))
+        out[f"ctx_{n}"] = ctx_values.where(dom == k, None)
     return out
 
 
 def generate(spark: SparkSession, conf: SyntheticConf) -> DataFrame:
     """``conf.rows`` events as string columns (the shape a CSV source would have)."""
     if conf.rows < 0 or conf.domains < 1 or conf.users < 1 or conf.items < 1:
-        raise ValueError(f"synthetic generator: rows, domains, users and items must be positive ({conf})")
+        raise ValueError(
+            f"synthetic generator: rows, domains, users and items must be positive ({conf})"
+        )
     names = domain_names(conf)
-    columns = ["event_id", "user_id", "item_id", "domain", "click", "ts", "hour", "item_cat", "user_group"]
+    columns = [
+        "event_id",
+        "user_id",
+        "item_id",
+        "domain",
+        "click",
+        "ts",
+        "hour",
+        "item_cat",
+        "user_group",
+    ]
     columns += [f"ctx_{n}" for n in names]
     schema = ", ".join(f"`{c}` string" for c in columns)
 
-    def gen(batches: Iterator[pd.DataFrame]) -> Iterator[pd.DataFrame]:
+    def gen(batches: Iterable[pd.DataFrame]) -> Iterable[pd.DataFrame]:
         world = _World(conf)
         for batch in batches:
             yield _rows(conf, batch["id"].to_numpy(), world)[columns]

@@ -136,7 +136,9 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         span = d.max - d.min if d.max > d.min else 1.0
         scaled = F.least(F.greatest((num - F.lit(d.min)) / F.lit(span), F.lit(0.0)), F.lit(1.0))
         keep = _in_domain(dom, domain, d.domains) & num.isNotNull() & ~F.isnan(num)
-        dense_cols.append(F.when(keep, scaled).otherwise(F.lit(0.0)).cast("float").alias(f"dense_{d.name}"))
+        dense_cols.append(
+            F.when(keep, scaled).otherwise(F.lit(0.0)).cast("float").alias(f"dense_{d.name}")
+        )
 
     reason = (
         F.when(F.col("_corrupt").isNotNull(), F.lit("malformed_row"))
@@ -166,8 +168,10 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         v = F.when(_in_domain(dom, domain, f.domains), v)
         value_cols.append(v.alias(value_column(f)))
 
+    # Only meta and parsed columns leave: a source column may itself be called "domain" or "label".
     return events.select(
-        "*",
+        "_raw",
+        "_file",
         reason.alias("_reason"),
         field.alias("_field"),
         dom.alias("domain"),

@@ -34,10 +34,19 @@ def build_vocab(train: DataFrame, fields: Sequence[FieldConf], min_count: int) -
         return spark.createDataFrame([], "field string, value string, index long, count long")
     pairs = train.select(
         F.explode(
-            F.array(*[F.struct(F.lit(f.name).alias("field"), F.col(value_column(f)).alias("value")) for f in fields])
+            F.array(
+                *[
+                    F.struct(F.lit(f.name).alias("field"), F.col(value_column(f)).alias("value"))
+                    for f in fields
+                ]
+            )
         ).alias("p")
     ).select("p.field", "p.value")
-    counts = pairs.where(F.col("value").isNotNull()).groupBy("field", "value").agg(F.count("*").alias("count"))
+    counts = (
+        pairs.where(F.col("value").isNotNull())
+        .groupBy("field", "value")
+        .agg(F.count("*").alias("count"))
+    )
     threshold = F.lit(min_count)
     for f in fields:
         if f.min_count is not None:
@@ -59,20 +68,30 @@ def apply_vocab(df: DataFrame, vocab: DataFrame, fields: Sequence[FieldConf]) ->
         v = F.col(value_column(f))
         if f.hash_buckets > 0:
             idx = F.pmod(F.xxhash64(v), F.lit(f.hash_buckets)) + F.lit(FIRST)
-            out = out.withColumn(feature_column(f), F.when(v.isNull(), PAD).otherwise(idx).cast("long"))
+            out = out.withColumn(
+                feature_column(f), F.when(v.isNull(), PAD).otherwise(idx).cast("long")
+            )
             continue
         lookup = vocab.where(F.col("field") == f.name).select(
             F.col("value").alias("_vocab_value"), F.col("index").alias("_vocab_index")
         )
         out = out.join(lookup, v == F.col("_vocab_value"), "left")
-        idx = F.when(v.isNull(), PAD).when(F.col("_vocab_index").isNull(), OOV).otherwise(F.col("_vocab_index"))
-        out = out.withColumn(feature_column(f), idx.cast("long")).drop("_vocab_value", "_vocab_index")
+        idx = (
+            F.when(v.isNull(), PAD)
+            .when(F.col("_vocab_index").isNull(), OOV)
+            .otherwise(F.col("_vocab_index"))
+        )
+        out = out.withColumn(feature_column(f), idx.cast("long")).drop(
+            "_vocab_value", "_vocab_index"
+        )
     return out
 
 
 def vocab_sizes(vocab: DataFrame, fields: Sequence[FieldConf]) -> dict[str, int]:
     """Embedding rows per field: max index + 1 (at least PAD and OOV). Collects one row per field."""
-    maxes = {r["field"]: r["m"] for r in vocab.groupBy("field").agg(F.max("index").alias("m")).collect()}
+    maxes = {
+        r["field"]: r["m"] for r in vocab.groupBy("field").agg(F.max("index").alias("m")).collect()
+    }
     out = {}
     for f in fields:
         if f.hash_buckets > 0:

@@ -169,9 +169,7 @@ def _split_by_partition(
     if len(cols) == 1:
         key_col = cols[0]
     else:
-        key_col = pc.binary_join_element_wise(
-            *[pc.fill_null(c, "\x00") for c in cols], "\x1f"
-        )
+        key_col = pc.binary_join_element_wise(*[pc.fill_null(c, "\x00") for c in cols], "\x1f")
     for value in pc.unique(key_col).to_pylist():
         mask = pc.is_null(key_col) if value is None else pc.equal(key_col, value)
         part = batch.filter(mask)

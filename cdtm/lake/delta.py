@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, Schema
-from deltalake.transaction import AddAction, create_table_with_add_actions
+from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
 
 from cdtm.lake._files import FILE_SCHEMA_DDL, write_files
 
@@ -122,18 +122,23 @@ def _commit(
         )
         return
     table = DeltaTable(root)
+    actions: list[AddAction | RemoveAction] = list(adds)
     if mode == "append":
-        table.create_write_transaction(adds, mode="append", schema=delta_schema, partition_by=partition_by or None)
+        table.create_write_transaction(
+            actions, mode="append", schema=delta_schema, partition_by=partition_by or None
+        )
     elif mode == "overwrite_day":
         table.create_write_transaction(
-            adds,
+            actions,
             mode="overwrite",
             schema=delta_schema,
             partition_by=partition_by,
             partition_filters=[("ds", "=", str(ds))],
         )
     else:
-        table.create_write_transaction(adds, mode="overwrite", schema=delta_schema, partition_by=partition_by or None)
+        table.create_write_transaction(
+            actions, mode="overwrite", schema=delta_schema, partition_by=partition_by or None
+        )
 
 
 def _check_schema(root: str, schema: pa.Schema, partition_by: list[str]) -> None:
@@ -153,26 +158,41 @@ def _check_schema(root: str, schema: pa.Schema, partition_by: list[str]) -> None
             problems.append(f"column {name!r} is not in the table")
         for name in have_d.keys() & want_d.keys():
             if have_d[name] != want_d[name]:
-                problems.append(f"column {name!r}: table has {have_d[name]}, DataFrame has {want_d[name]}")
+                problems.append(
+                    f"column {name!r}: table has {have_d[name]}, DataFrame has {want_d[name]}"
+                )
         if not problems:
-            problems.append(f"column order differs: table {[n for n, _ in have]}, DataFrame {[n for n, _ in want]}")
+            problems.append(
+                f"column order differs: table {[n for n, _ in have]}, DataFrame {[n for n, _ in want]}"
+            )
     if problems:
-        raise SchemaMismatchError(f"{root}: schema mismatch, nothing written: " + "; ".join(sorted(problems)))
+        raise SchemaMismatchError(
+            f"{root}: schema mismatch, nothing written: " + "; ".join(sorted(problems))
+        )
 
 
-def _write_spark(df: DataFrame, root: str, *, mode: WriteMode, partition_by: list[str], ds: str | None) -> WriteResult:
+def _write_spark(
+    df: DataFrame, root: str, *, mode: WriteMode, partition_by: list[str], ds: str | None
+) -> WriteResult:
     writer = df.write.format("delta")
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     if mode == "overwrite_day":
         writer = writer.mode("overwrite").option("replaceWhere", f"ds = '{ds}'")
     else:
-        writer = writer.mode({"create": "errorifexists", "append": "append", "overwrite": "overwrite"}[mode])
+        writer = writer.mode(
+            {"create": "errorifexists", "append": "append", "overwrite": "overwrite"}[mode]
+        )
     writer.save(root)
     spark = df.sparkSession
     last = spark.sql(f"DESCRIBE HISTORY delta.`{root}` LIMIT 1").collect()[0]
     metrics = last["operationMetrics"] or {}
-    return WriteResult(root, int(last["version"]), int(metrics.get("numFiles", 0)), int(metrics.get("numOutputRows", 0)))
+    return WriteResult(
+        root,
+        int(last["version"]),
+        int(metrics.get("numFiles", 0)),
+        int(metrics.get("numOutputRows", 0)),
+    )
 
 
 # --------------------------------------------------------------------------- read
@@ -227,7 +247,9 @@ def read_table(
     return df.select(*arrow_schema.names)
 
 
-def query(sql: str, tables: Mapping[str, str], versions: Mapping[str, int] | None = None) -> pa.Table:
+def query(
+    sql: str, tables: Mapping[str, str], versions: Mapping[str, int] | None = None
+) -> pa.Table:
     """Run SQL over Delta tables with delta-rs (DataFusion), no JVM: ``{name: root}``."""
     builder = QueryBuilder()
     for name, root in tables.items():

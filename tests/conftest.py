@@ -1,0 +1,61 @@
+"""One Spark session for the whole test run (local[2], UI off, loopback only)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+
+
+def data_dir() -> Path:
+    """MovieLens files: $CDTM_DATA_DIR, default ../shared/data beside the repo."""
+    return Path(os.environ.get("CDTM_DATA_DIR") or REPO.parent / "shared" / "data")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "spark" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.spark)
+
+
+@pytest.fixture(scope="session")
+def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
+    from cdtm.config import SparkConf
+    from cdtm.spark import build_session
+
+    warehouse = tmp_path_factory.mktemp("warehouse")
+    session = build_session(
+        SparkConf(
+            master="local[2]",
+            app_name="cdtm-tests",
+            conf={
+                "spark.ui.enabled": "false",
+                "spark.ui.showConsoleProgress": "false",
+                "spark.driver.host": "127.0.0.1",
+                "spark.driver.bindAddress": "127.0.0.1",
+                "spark.sql.shuffle.partitions": "4",
+                "spark.sql.session.timeZone": "UTC",
+                "spark.sql.warehouse.dir": str(warehouse),
+                "spark.default.parallelism": "4",
+            },
+        )
+    )
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def movielens_dir() -> Path:
+    path = data_dir()
+    if not (path / "movielens-100k" / "ml-100k.inter").is_file():
+        pytest.skip(
+            f"MovieLens files not found under {path} (set CDTM_DATA_DIR or run `make data`)"
+        )
+    return path
