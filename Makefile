@@ -29,7 +29,7 @@ data: setup
 
 # The main job, end to end on MovieLens-1M (ETL now; training and scoring join as they land).
 demo: setup data
-	$(PY) jobs/etl.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
+	$(PY) jobs/etl.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml --verify
 
 test: setup data
 	$(PY) -m pytest -q tests

@@ -12,18 +12,33 @@ import sys
 
 from cdtm.cli import load, parser, setup_logging
 from cdtm.spark import build_session
-from feature_etl.etl import EtlError, report_json, run_etl
+from cdtm.lake import Lake
+from feature_etl.etl import FEATURES, EtlError, readback_check, report_json, run_etl
 from feature_etl.sources import SourceError
 from feature_etl.validate import DatasetError
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser(__doc__.splitlines()[0]).parse_args(argv)
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--verify",
+        action="store_true",
+        help="read the written features back through Spark and through delta-rs and compare",
+    )
+    args = p.parse_args(argv)
     setup_logging()
     cfg = load(args)
     spark = build_session(cfg.spark)
     try:
         report = run_etl(spark, cfg)
+        if args.verify:
+            lake = Lake(cfg.lake.root, cfg.lake.engine)
+            check = readback_check(spark, lake, FEATURES, report.versions[FEATURES])
+            print(
+                f"read-back check: Spark and delta-rs agree on {check['aggregates']} aggregates "
+                f"over {check['table']} version {check['version']}",
+                file=sys.stderr,
+            )
     except (EtlError, SourceError, DatasetError) as e:
         print(f"etl failed: {e}", file=sys.stderr)
         return 1

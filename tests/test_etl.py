@@ -11,7 +11,7 @@ from pyspark.testing import assertDataFrameEqual
 
 from cdtm.config import Config, load_config
 from cdtm.lake import Lake, query
-from feature_etl.etl import EtlError, read_spec, run_etl
+from feature_etl.etl import EtlError, read_spec, readback_check, run_etl
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -117,6 +117,8 @@ def test_features_read_identically_through_spark_and_delta_rs(spark, ml100k) -> 
     via_rs = via_rs.sort_values("row_id").reset_index(drop=True)[via_spark.columns]
     pd.testing.assert_frame_equal(via_spark, via_rs, check_dtype=False)
     assert len(via_spark) == 100_000
+    check = readback_check(spark, lake, "features", lake.version("features"))
+    assert check["domains"] == 3 and check["aggregates"] > 30
 
 
 def test_rerun_of_a_day_replaces_it_identically(spark, ml100k) -> None:
