@@ -241,6 +241,53 @@ class DatasetConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class CdtmConf:
+    """CDTM's own switches; the ablations of the paper's Task 3 are settings of these."""
+
+    gse: bool = True  # False: DSE only (ablation "without GSE")
+    transfer: Literal["domain", "domain_field", "identity"] = "domain"  # identity: T = I fixed
+    attention: Literal["vector", "scalar", "none"] = "vector"  # none: A = 0.5 fixed
+    align_weight: float = 1e-2  # lambda of the alignment loss; 0: ablation "without alignment"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConf:
+    name: Literal["cdtm", "shared_bottom", "dnn_single", "mmoe", "star"] = "cdtm"
+    embed_dim: int = 16
+    embed_init_std: float = 1e-4
+    bottom: list[int] = dataclasses.field(default_factory=lambda: [256, 128])  # shared layers
+    tower: list[int] = dataclasses.field(default_factory=lambda: [64])  # per-domain layers
+    dropout: float = 0.0
+    experts: int = 4  # mmoe
+    cdtm: CdtmConf = dataclasses.field(default_factory=CdtmConf)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConf:
+    batch_size: int = 4096
+    max_epochs: int = 30
+    lr: float = 1e-3
+    weight_decay: float = 1e-5
+    patience: int = 4  # epochs without a better validation AUC before stopping
+    seed: int = 0
+    early_stop_domain: str | None = None  # None: pooled validation AUC
+    checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends only
+    log_every: int = 50  # steps between progress lines
+    max_steps_per_epoch: int = 0  # 0: the whole training split (tiny profiles set it)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    threads: int = 0  # torch intra-op threads; 0: torch's default
+    shuffle_buffer: int = 200_000
+    reader_workers: int = 0  # 0: synchronous, deterministic reader
+    train_domains: list[str] | None = None  # train on these domains only (None: all)
+    domain_fraction: dict[str, float] = dataclasses.field(
+        default_factory=dict
+    )  # keep this share of a domain's train rows
+    features_version: int | None = None  # None: the latest version of the features table
+    model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
+    plots: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     lake: LakeConf
     artifacts: ArtifactsConf
@@ -248,6 +295,8 @@ class Config:
     spark: SparkConf = dataclasses.field(default_factory=SparkConf)
     etl: EtlConf = dataclasses.field(default_factory=EtlConf)
     dataset: DatasetConf | None = None
+    model: ModelConf = dataclasses.field(default_factory=ModelConf)
+    train: TrainConf = dataclasses.field(default_factory=TrainConf)
 
 
 # --------------------------------------------------------------------------- loading

@@ -132,3 +132,13 @@ class FeatureSpec:
                 for r in ordered("dense")
             ),
         )
+
+
+def read_feature_spec(spec_table_root: str, version: int | None = None) -> FeatureSpec:
+    """The spec from the ``feature_spec`` Delta table (delta-rs, no Spark needed)."""
+    from cdtm.lake import query
+
+    table = query(
+        "SELECT * FROM s", {"s": spec_table_root}, {"s": version} if version is not None else None
+    )
+    return FeatureSpec.from_rows(table.to_pylist())

@@ -20,7 +20,7 @@ from pyspark.sql import functions as F
 
 from cdtm.config import Config, DatasetConf
 from cdtm.lake import Lake
-from cdtm.spec import SPEC_COLUMNS, DenseSpec, FeatureSpec, FieldSpec
+from cdtm.spec import SPEC_COLUMNS, DenseSpec, FeatureSpec, FieldSpec, read_feature_spec
 from feature_etl.sources import read_events
 from feature_etl.split import assign_split
 from feature_etl.validate import REASONS, validate
@@ -141,7 +141,8 @@ def to_rejects(df: DataFrame, ds: str) -> DataFrame:
 
 
 def read_spec(spark: SparkSession, lake: Lake, version: int | None = None) -> FeatureSpec:
-    return FeatureSpec.from_rows(r.asDict() for r in lake.read(spark, SPEC, version).collect())
+    del spark  # the spec is tiny: delta-rs reads it without a Spark job
+    return read_feature_spec(lake.path(SPEC), version)
 
 
 def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
@@ -275,7 +276,9 @@ def readback_check(spark: SparkSession, lake: Lake, table: str, version: int) ->
     spark.catalog.dropTempView("t")
     via_rs = query(sql, {"t": lake.path(table)}, {"t": version}).to_pylist()
     if len(via_spark) != len(via_rs):
-        raise EtlError(f"{table} v{version}: Spark sees {len(via_spark)} domains, delta-rs {len(via_rs)}")
+        raise EtlError(
+            f"{table} v{version}: Spark sees {len(via_spark)} domains, delta-rs {len(via_rs)}"
+        )
     for a, b in zip(via_spark, via_rs):
         for key, value in a.items():
             other = b[key]
@@ -288,4 +291,9 @@ def readback_check(spark: SparkSession, lake: Lake, table: str, version: int) ->
                 raise EtlError(
                     f"{table} v{version} domain {a['domain']}: {key} is {value} via Spark, {other} via delta-rs"
                 )
-    return {"table": table, "version": version, "domains": len(via_spark), "aggregates": len(via_spark) * len(aggs)}
+    return {
+        "table": table,
+        "version": version,
+        "domains": len(via_spark),
+        "aggregates": len(via_spark) * len(aggs),
+    }

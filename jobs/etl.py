@@ -11,8 +11,8 @@ from __future__ import annotations
 import sys
 
 from cdtm.cli import load, parser, setup_logging
-from cdtm.spark import build_session
 from cdtm.lake import Lake
+from cdtm.spark import build_session
 from feature_etl.etl import FEATURES, EtlError, readback_check, report_json, run_etl
 from feature_etl.sources import SourceError
 from feature_etl.validate import DatasetError

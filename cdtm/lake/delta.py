@@ -260,18 +260,31 @@ def query(
 
 def _to_pyarrow(table: Any) -> pa.Table:
     """arro3 table -> pyarrow 14 (which cannot import the Utf8View/BinaryView types)."""
-    from arro3.core import DataType
     from arro3.core import Table as ArroTable
 
     cols = []
     for i in range(table.num_columns):
         col = table.column(i)
-        if DataType.is_string_view(col.type):
-            col = col.cast(DataType.string())
-        elif DataType.is_binary_view(col.type):
-            col = col.cast(DataType.binary())
-        cols.append(col)
+        plain = _without_views(col.type)
+        cols.append(col if plain is None else col.cast(plain))
     return pa.table(ArroTable.from_arrays(cols, names=table.column_names))
+
+
+def _without_views(t: Any) -> Any:
+    """The same arro3 type with view types replaced by plain ones; None if there were none."""
+    from arro3.core import DataType, Field
+
+    if DataType.is_string_view(t):
+        return DataType.string()
+    if DataType.is_binary_view(t):
+        return DataType.binary()
+    if DataType.is_list(t) or DataType.is_large_list(t):
+        inner = _without_views(t.value_type)
+        if inner is None:
+            return None
+        field = Field(t.value_field.name, inner, nullable=True)
+        return DataType.large_list(field) if DataType.is_large_list(t) else DataType.list(field)
+    return None
 
 
 # --------------------------------------------------------------------------- facade

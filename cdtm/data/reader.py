@@ -1,0 +1,150 @@
+"""Petastorm over one version of the ``features`` table -> ``Batch`` iterators.
+
+The driver hands over only the file list of a Delta table version; every process reads its
+own shard of row groups (``cur_shard``/``shard_count``) with ``make_batch_reader`` and turns
+the columns (numpy arrays) into Batches. Rows of other splits are dropped as they are read.
+Shuffling: row-group order is shuffled by seed, then rows are shuffled inside a buffer of
+``shuffle_buffer`` rows. With ``workers=0`` the reader is synchronous and the order is fully
+determined by the seed (what checkpoint resume relies on).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from cdtm.data.batch import Batch
+from cdtm.spec import FeatureSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class ReaderConf:
+    batch_size: int = 4096
+    shuffle_buffer: int = 200_000
+    workers: int = 0  # 0: synchronous (deterministic); > 0: a thread pool of that size
+    domains: tuple[int, ...] | None = None  # keep rows of these domain ids only
+    fractions: tuple[tuple[int, float], ...] = ()  # (domain id, share of its rows to keep)
+
+
+_HASH_MOD = 1_000_003
+
+
+def keep_mask(cols: dict[str, np.ndarray], conf: ReaderConf) -> np.ndarray:
+    """Rows kept by the domain filter and per-domain down-sampling (deterministic by row_id)."""
+    keep = np.ones(len(cols["domain"]), dtype=bool)
+    if conf.domains is not None:
+        keep &= np.isin(cols["domain"], conf.domains)
+    for d, frac in conf.fractions:
+        u = (cols["row_id"] % _HASH_MOD) / _HASH_MOD
+        keep &= (cols["domain"] != d) | (u < frac)
+    return keep
+
+
+class FeatureReader:
+    """Iterate one split of a table version as Batches, for one shard."""
+
+    def __init__(
+        self,
+        files: Sequence[str],
+        spec: FeatureSpec,
+        split: str,
+        conf: ReaderConf,
+        cur_shard: int = 0,
+        shard_count: int = 1,
+        filtered: bool = False,
+    ) -> None:
+        """``filtered``: apply ``conf.domains`` / ``conf.fractions`` (used for training rows)."""
+        if not files:
+            raise ValueError("no data files: the features table version is empty")
+        self.files = list(files)
+        self.spec = spec
+        self.split = split
+        self.conf = conf
+        self.cur_shard, self.shard_count = cur_shard, shard_count
+        self.filtered = filtered  # apply conf.domains / conf.fractions (training rows)
+        self.columns = ["domain", "label", "split", "row_id", *spec.columns]
+
+    def _row_groups(self, seed: int | None) -> Iterator[dict[str, np.ndarray]]:
+        from petastorm import make_batch_reader
+
+        shuffle = seed is not None
+        kwargs = dict(
+            schema_fields=self.columns,
+            num_epochs=1,
+            shuffle_row_groups=shuffle,
+            seed=seed if shuffle else None,
+            cur_shard=self.cur_shard if self.shard_count > 1 else None,
+            shard_count=self.shard_count if self.shard_count > 1 else None,
+        )
+        if self.conf.workers > 0:
+            kwargs.update(reader_pool_type="thread", workers_count=self.conf.workers)
+        else:
+            kwargs.update(reader_pool_type="dummy")
+        with make_batch_reader(self.files, **kwargs) as reader:
+            for group in reader:
+                cols = group._asdict()
+                keep = cols["split"] == self.split
+                if self.filtered:
+                    keep &= keep_mask(cols, self.conf)
+                if keep.any():
+                    yield {c: v[keep] for c, v in cols.items() if c != "split"}
+
+    def _to_batch(self, cols: dict[str, np.ndarray]) -> Batch:
+        cat = [self.spec.fields[i].column for i in range(len(self.spec.fields))]
+        fields = (
+            np.stack([cols[c] for c in cat], axis=1)
+            if cat
+            else np.zeros((len(cols["label"]), 0), np.int64)
+        )
+        dense_cols = [d.column for d in self.spec.dense]
+        dense = (
+            np.stack([cols[c] for c in dense_cols], axis=1).astype(np.float32)
+            if dense_cols
+            else np.zeros((len(cols["label"]), 0), np.float32)
+        )
+        return Batch(
+            domain=torch.from_numpy(cols["domain"].astype(np.int64)),
+            label=torch.from_numpy(cols["label"].astype(np.float32)),
+            fields=torch.from_numpy(fields.astype(np.int64, copy=False)),
+            dense=torch.from_numpy(dense),
+            row_id=torch.from_numpy(cols["row_id"].astype(np.int64)),
+        )
+
+    def batches(self, seed: int | None = None, drop_last: bool = False) -> Iterator[Batch]:
+        """One pass over this shard. ``seed=None``: file order, no shuffling (evaluation)."""
+        size = self.conf.batch_size
+        rng = np.random.default_rng(seed) if seed is not None else None
+        buffer: list[dict[str, np.ndarray]] = []
+        buffered = 0
+        limit = self.conf.shuffle_buffer if rng is not None else size
+
+        def flush(final: bool) -> Iterator[Batch]:
+            nonlocal buffer, buffered
+            if not buffer:
+                return
+            merged = {c: np.concatenate([b[c] for b in buffer]) for c in buffer[0]}
+            n = len(merged["label"])
+            order = rng.permutation(n) if rng is not None else np.arange(n)
+            usable = n if final else (n // size) * size
+            for start in range(0, usable, size):
+                idx = order[start : start + size]
+                if len(idx) < size and drop_last:
+                    break
+                yield self._to_batch({c: v[idx] for c, v in merged.items()})
+            rest = order[usable:]
+            buffer = [{c: v[rest] for c, v in merged.items()}] if len(rest) else []
+            buffered = len(rest)
+
+        for group in self._row_groups(seed):
+            buffer.append(group)
+            buffered += len(group["label"])
+            if buffered >= limit:
+                yield from flush(final=False)
+        yield from flush(final=True)
+
+    def count(self) -> int:
+        """Rows of this split in this shard (one pass over the label/split columns)."""
+        return sum(len(g["label"]) for g in self._row_groups(None))

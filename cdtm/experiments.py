@@ -1,0 +1,218 @@
+"""Runnable experiments: the public benchmark and the paper's tasks, in one results format.
+
+``DIR/results.json``: ``{"runs": [{"experiment", "model", "seed", "valid", "test", "seconds",
+"best_epoch", "overrides"}], "summary": {experiment: {model: {"test.auc.<domain>": {"mean",
+"std", "n"}}}}}`` plus ``DIR/results.md`` (mean +- std table) and ``DIR/results.png``.
+Finished runs are kept: re-running the same command continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import statistics
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cdtm.config import Config, load_config
+from cdtm.train.job import train_model
+
+log = logging.getLogger(__name__)
+
+ALL_MODELS = ("cdtm", "dnn_single", "shared_bottom", "mmoe", "star")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """One line of an experiment: a label and the config overrides that make it."""
+
+    experiment: str
+    label: str
+    overrides: tuple[str, ...]
+
+
+def benchmark_variants(models: Sequence[str]) -> list[Variant]:
+    return [Variant("benchmark", m, (f"model.name={m}",)) for m in models]
+
+
+def paper_variants(
+    domains: Sequence[str], target: str, fraction: float, models: Sequence[str]
+) -> list[Variant]:
+    """Task 1 (target + one source), Task 2 (target + all sources), Task 3 (ablations).
+
+    The target's training rows are down-sampled to ``fraction``; early stopping watches the target.
+    """
+    sources = [d for d in domains if d != target]
+    common = (
+        f"train.domain_fraction={{'{target}': {fraction}}}",
+        f"train.early_stop_domain='{target}'",
+    )
+    out: list[Variant] = []
+    if "dnn_single" in models:
+        out.append(
+            Variant(
+                "task1",
+                "dnn_single:target-only",
+                (*common, "model.name=dnn_single", f"train.train_domains=['{target}']"),
+            )
+        )
+    for s in sources:
+        for m in [m for m in models if m != "dnn_single"]:
+            out.append(
+                Variant(
+                    "task1",
+                    f"{m}:{target}+{s}",
+                    (*common, f"model.name={m}", f"train.train_domains=['{target}', '{s}']"),
+                )
+            )
+    for m in [m for m in models if m != "dnn_single"]:
+        out.append(Variant("task2", f"{m}:all-sources", (*common, f"model.name={m}")))
+    if "cdtm" in models:
+        ablations = {
+            "cdtm:no-attention": "model.cdtm.attention=none",
+            "cdtm:no-transfer": "model.cdtm.transfer=identity",
+            "cdtm:no-gse": "model.cdtm.gse=false",
+            "cdtm:no-align": "model.cdtm.align_weight=0",
+        }
+        for label, ov in ablations.items():
+            out.append(Variant("task3", label, (*common, "model.name=cdtm", ov)))
+    return out
+
+
+def run_variants(
+    base_configs: Sequence[str | Path],
+    base_overrides: Sequence[str],
+    variants: Sequence[Variant],
+    seeds: Sequence[int],
+    out: Path,
+) -> dict[str, Any]:
+    """Train every (variant, seed) not yet in ``out/results.json``; write results after each run."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "results.json"
+    results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": []}
+    done = {(r["experiment"], r["model"], r["seed"]) for r in results["runs"]}
+    todo = [(v, s) for v in variants for s in seeds if (v.experiment, v.label, s) not in done]
+    log.info("%d runs to do (%d already in %s)", len(todo), len(done), path)
+    for i, (v, seed) in enumerate(todo, 1):
+        tag = f"{v.experiment}-{v.label.replace(':', '-').replace('+', '_')}-s{seed}"
+        cfg: Config = load_config(
+            base_configs,
+            [
+                *base_overrides,
+                *v.overrides,
+                f"train.seed={seed}",
+                f"train.model_version={tag}",
+                f"artifacts.root={out / 'artifacts'}",
+            ],
+        )
+        log.info("[%d/%d] %s %s seed %d", i, len(todo), v.experiment, v.label, seed)
+        t0 = time.time()
+        res = train_model(cfg)
+        results["runs"].append(
+            {
+                "experiment": v.experiment,
+                "model": v.label,
+                "seed": seed,
+                "valid": res.fit.valid,
+                "test": res.fit.test,
+                "seconds": round(time.time() - t0, 1),
+                "best_epoch": res.fit.best_epoch,
+                "epochs_run": res.fit.epochs_run,
+                "overrides": list(v.overrides),
+            }
+        )
+        results["summary"] = summarize(results["runs"])
+        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        write_report(results, out)
+    results["summary"] = summarize(results["runs"])
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    write_report(results, out)
+    return results
+
+
+def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in runs:
+        groups.setdefault((r["experiment"], r["model"]), []).append(r)
+    summary: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for (exp, model), rs in groups.items():
+        stats: dict[str, dict[str, float]] = {}
+        for split in ("valid", "test"):
+            for kind in ("auc", "logloss"):
+                for name in rs[0][split][kind]:
+                    values = [r[split][kind][name] for r in rs if r[split][kind][name] is not None]
+                    if values:
+                        stats[f"{split}.{kind}.{name}"] = {
+                            "mean": statistics.fmean(values),
+                            "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+                            "n": float(len(values)),
+                        }
+        stats["seconds"] = {
+            "mean": statistics.fmean(r["seconds"] for r in rs),
+            "std": 0.0,
+            "n": float(len(rs)),
+        }
+        summary.setdefault(exp, {})[model] = stats
+    return summary
+
+
+def write_report(results: dict[str, Any], out: Path) -> None:
+    summary = results.get("summary") or summarize(results["runs"])
+    lines = ["# Results", "", "Test AUC, mean +- std over seeds (n = number of seeds).", ""]
+    for exp, models in summary.items():
+        names = [
+            k.split(".", 2)[2] for k in next(iter(models.values())) if k.startswith("test.auc.")
+        ]
+        lines += [
+            f"## {exp}",
+            "",
+            "| model | n | " + " | ".join(names) + " | minutes/run |",
+            "|---|---|" + "---|" * len(names) + "---|",
+        ]
+        for model, st in models.items():
+            cells = []
+            for n in names:
+                s = st.get(f"test.auc.{n}")
+                cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}" if s else "-")
+            n_runs = int(st["seconds"]["n"])
+            lines.append(
+                f"| {model} | {n_runs} | "
+                + " | ".join(cells)
+                + f" | {st['seconds']['mean'] / 60:.1f} |"
+            )
+        lines.append("")
+    (out / "results.md").write_text("\n".join(lines))
+    _chart(summary, out / "results.png")
+
+
+def _chart(summary: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = list(summary.items())
+    fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
+    for ax, (exp, models) in zip(axes[:, 0], panels):
+        names = [
+            k.split(".", 2)[2] for k in next(iter(models.values())) if k.startswith("test.auc.")
+        ]
+        width = 0.8 / max(len(models), 1)
+        lows = []
+        for i, (model, st) in enumerate(models.items()):
+            means = [st.get(f"test.auc.{n}", {}).get("mean", 0.0) for n in names]
+            stds = [st.get(f"test.auc.{n}", {}).get("std", 0.0) for n in names]
+            xs = [j + i * width for j in range(len(names))]
+            ax.bar(xs, means, width, yerr=stds, label=model, capsize=2)
+            lows += [m for m in means if m > 0]
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(names))], names)
+        if lows:
+            ax.set_ylim(min(lows) - 0.02, max(lows) + 0.01)
+        ax.set(title=f"{exp}: test AUC (mean +- std over seeds)")
+        ax.legend(fontsize=7, ncol=3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

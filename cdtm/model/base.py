@@ -1,0 +1,19 @@
+"""The model interface: ``forward(batch) -> logits``; ``forward_train`` adds auxiliary losses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cdtm.data.batch import Batch
+
+
+class CTRModel(nn.Module):
+    """A multi-domain CTR model over a ``Batch``. Subclasses implement ``forward_train``."""
+
+    def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Logits [B] and named auxiliary losses (already weighted) for the training wrapper."""
+        raise NotImplementedError
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        return self.forward_train(batch)[0]

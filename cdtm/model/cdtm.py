@@ -1,0 +1,132 @@
+"""CDTM: Centralized-Distributed Transfer Model (Xu et al., ICDM 2022), as MODEL.md reads it.
+
+For a row of domain d with fields F_d, transferable fields C_d:
+  e_f = DSE_d[f](x_f)                     domain-specific embedding, every f in F_d
+  g_f = GSE[f](x_f)                       global shared embedding, f in C_d
+  m_f = T_d g_f                           transfer matrix, k x k per domain (init I)
+  A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (init 0 -> A = 0.5)
+  z_f = A_f * e_f + (1 - A_f) * m_f       f in C_d;  z_f = e_f for f in F_d \\ C_d
+  logit = tower_d(bottom(concat(z, dense)))
+Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from cdtm.config import ModelConf
+from cdtm.data.batch import Batch
+from cdtm.model.base import CTRModel
+from cdtm.model.layers import DomainTowers, SegmentedEmbedding, mlp
+from cdtm.spec import FeatureSpec
+
+
+class DomainSpecificEmbedding(SegmentedEmbedding):
+    """DSE: one table per (domain, field of that domain)."""
+
+    def __init__(self, spec: FeatureSpec, dim: int, init_std: float) -> None:
+        sizes = [
+            f.vocab_size if d in f.domains else None for d in spec.domains for f in spec.fields
+        ]
+        flat, total = self.layout(sizes)
+        super().__init__(flat.view(len(spec.domains), len(spec.fields)), total, dim, init_std)
+
+
+class GlobalSharedEmbedding(SegmentedEmbedding):
+    """GSE: one table per transferable field, shared by every domain (or every field: shared=all)."""
+
+    def __init__(
+        self, spec: FeatureSpec, dim: int, init_std: float, only_transferable: bool = True
+    ) -> None:
+        sizes = [
+            f.vocab_size if (f.transferable or not only_transferable) else None for f in spec.fields
+        ]
+        offsets, total = self.layout(sizes)
+        super().__init__(offsets, total, dim, init_std)
+
+
+class TransferMatrix(nn.Module):
+    """m = T g with T per domain (or per domain and field), initialised to the identity."""
+
+    def __init__(self, n_domains: int, n_fields: int, dim: int, mode: str) -> None:
+        super().__init__()
+        self.per_field = mode == "domain_field"
+        shape = (n_domains, n_fields, dim, dim) if self.per_field else (n_domains, dim, dim)
+        eye = torch.eye(dim).expand(shape).clone()
+        if mode == "identity":
+            self.register_buffer("T", eye)  # fixed: ablation "without transfer"
+        else:
+            self.T = nn.Parameter(eye)
+
+    def forward(self, g: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        t = self.T[domain]
+        if self.per_field:
+            return torch.einsum("bfij,bfj->bfi", t, g)
+        return torch.einsum("bij,bfj->bfi", t, g)
+
+
+class CombinationAttention(nn.Module):
+    """A = sigmoid(V1_d [e; m] + b1_d), per dimension (k) or a scalar per field; V1 = b1 = 0 at init."""
+
+    def __init__(self, n_domains: int, dim: int, mode: str) -> None:
+        super().__init__()
+        self.fixed = mode == "none"
+        out = 1 if mode == "scalar" else dim
+        self.V1 = nn.Parameter(torch.zeros(n_domains, out, 2 * dim), requires_grad=not self.fixed)
+        self.b1 = nn.Parameter(torch.zeros(n_domains, out), requires_grad=not self.fixed)
+
+    def forward(self, e: torch.Tensor, m: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if self.fixed:
+            return torch.full_like(e[..., :1], 0.5)
+        h0 = torch.cat([e, m], dim=-1)  # [B, F, 2k]
+        return torch.sigmoid(
+            torch.einsum("boj,bfj->bfo", self.V1[domain], h0) + self.b1[domain][:, None, :]
+        )
+
+
+class CDTM(CTRModel):
+    transferable: torch.Tensor
+
+    def __init__(self, spec: FeatureSpec, conf: ModelConf) -> None:
+        super().__init__()
+        k, c = conf.embed_dim, conf.cdtm
+        self.align_weight = c.align_weight if c.gse else 0.0
+        self.dse = DomainSpecificEmbedding(spec, k, conf.embed_init_std)
+        self.use_gse = c.gse and any(f.transferable for f in spec.fields)
+        if self.use_gse:
+            self.gse = GlobalSharedEmbedding(spec, k, conf.embed_init_std)
+            self.transfer = TransferMatrix(len(spec.domains), len(spec.fields), k, c.transfer)
+            self.attention = CombinationAttention(len(spec.domains), k, c.attention)
+        self.register_buffer(
+            "transferable",
+            torch.tensor([f.transferable for f in spec.fields], dtype=torch.bool),
+            persistent=False,
+        )
+        in_dim = len(spec.fields) * k + len(spec.dense)
+        self.bottom, h = mlp(in_dim, conf.bottom, conf.dropout)
+        self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
+
+    def combine(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """z [B, F, k] and the pieces that made it (for the loss and the transfer report)."""
+        e = self.dse(batch.fields, batch.domain)
+        if not self.use_gse:
+            return e, {"e": e}
+        g = self.gse(batch.fields)
+        m = self.transfer(g, batch.domain)
+        a = self.attention(e, m, batch.domain)
+        shared = (self.transferable[None, :] & (batch.fields > 0)).unsqueeze(-1)  # [B, F, 1]
+        z = torch.where(shared, a * e + (1 - a) * m, e)
+        return z, {"e": e, "m": m, "a": a, "shared": shared}
+
+    def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        z, parts = self.combine(batch)
+        x = torch.cat([z.flatten(1), batch.dense], dim=1)
+        logits = self.towers(self.bottom(x), batch.domain)
+        aux: dict[str, torch.Tensor] = {}
+        if self.use_gse and self.align_weight > 0:
+            shared = parts["shared"].squeeze(-1)
+            dist = ((parts["e"] - parts["m"]) ** 2).sum(-1)  # [B, F]
+            n = shared.sum().clamp_min(1)
+            aux["align"] = self.align_weight * (dist * shared).sum() / n
+        return logits, aux

@@ -1,0 +1,80 @@
+"""Building blocks shared by CDTM and the baselines. Torch only.
+
+Shapes: B rows, F fields (the feature spec's order), D domains, k embedding size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class SegmentedEmbedding(nn.Module):
+    """Several embedding tables in one: ``segments[(s)]`` rows each, looked up by field index.
+
+    Row 0 is a shared, frozen zero row: index 0 (absent) of any segment and any (row, field)
+    without a segment map to it, so absent fields contribute nothing.
+    ``offsets`` has the shape of the lookup key ([F] or [D, F]) and -1 where there is no segment.
+    """
+
+    offsets: torch.Tensor
+
+    def __init__(self, offsets: torch.Tensor, total_rows: int, dim: int, init_std: float) -> None:
+        super().__init__()
+        self.register_buffer("offsets", offsets.long(), persistent=False)
+        self.table = nn.Embedding(total_rows, dim, padding_idx=0)
+        nn.init.normal_(self.table.weight, 0.0, init_std)
+        with torch.no_grad():
+            self.table.weight[0].zero_()
+
+    @staticmethod
+    def layout(sizes: Sequence[int | None]) -> tuple[torch.Tensor, int]:
+        """Offsets for segments of the given sizes (None: no segment) and the total row count."""
+        offsets, total = [], 1
+        for size in sizes:
+            if size is None:
+                offsets.append(-1)
+            else:
+                offsets.append(total - 1)  # index i of the segment -> row offset + i (i >= 1)
+                total += size - 1
+        return torch.tensor(offsets, dtype=torch.long), total
+
+    def forward(self, fields: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
+        """fields [B, F] -> [B, F, k]; ``key`` [B] selects the offset row of a [D, F] layout."""
+        off = self.offsets if key is None else self.offsets[key]
+        rows = torch.where((fields > 0) & (off >= 0), off + fields, torch.zeros_like(fields))
+        return self.table(rows)
+
+
+def mlp(in_dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
+    layers: list[nn.Module] = []
+    for h in hidden:
+        layers += [nn.Linear(in_dim, h), nn.ReLU()]
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        in_dim = h
+    return nn.Sequential(*layers), in_dim
+
+
+class DomainTowers(nn.Module):
+    """One MLP + logit head per domain; each row goes through its own domain's tower."""
+
+    def __init__(self, n_domains: int, in_dim: int, hidden: Sequence[int], dropout: float) -> None:
+        super().__init__()
+        towers = []
+        for _ in range(n_domains):
+            body, out = mlp(in_dim, hidden, dropout)
+            towers.append(nn.Sequential(body, nn.Linear(out, 1)))
+        self.towers = nn.ModuleList(towers)
+
+    def forward(self, h: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        """h [B, H], domain [B] -> logits [B]."""
+        out = h.new_zeros(h.shape[0])
+        for d, tower in enumerate(self.towers):
+            idx = (domain == d).nonzero(as_tuple=True)[0]
+            if idx.numel():
+                out = out.index_put((idx,), tower(h[idx]).squeeze(-1))
+        return out
+

@@ -1,0 +1,220 @@
+"""Train one model from the lake's feature tables and write its artifact.
+
+The driver reads only metadata: the feature spec and the file list of one version of the
+``features`` table. Rows stream through Petastorm inside the training process(es).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cdtm.config import Config, to_dict
+from cdtm.data.batch import Batch
+from cdtm.data.reader import FeatureReader, ReaderConf
+from cdtm.lake import Lake
+from cdtm.model import build_model
+from cdtm.spec import FeatureSpec, read_feature_spec
+from cdtm.train import plots
+from cdtm.train.artifacts import write_artifact
+from cdtm.train.distributed import Backend, SingleProcess
+from cdtm.train.loop import FitResult, fit
+from cdtm.train.metrics import flatten
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainInputs:
+    """What a training process needs, small enough to ship to executors."""
+
+    files: list[str]
+    spec: FeatureSpec
+    versions: dict[str, int]
+    lake_root: str
+
+
+@dataclasses.dataclass
+class LakeData:
+    """DataSource over one features version: this process's shard of each split."""
+
+    inputs: TrainInputs
+    reader: ReaderConf
+    rank: int = 0
+    size: int = 1
+
+    def _reader(self, split: str, filtered: bool = False) -> FeatureReader:
+        return FeatureReader(
+            self.inputs.files, self.inputs.spec, split, self.reader, self.rank, self.size, filtered
+        )
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        return self._reader("train", filtered=True).batches(seed)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        return self._reader(split).batches(None)
+
+
+@dataclasses.dataclass
+class TrainResult:
+    model_version: str
+    artifact: Path
+    fit: FitResult
+    metrics: dict[str, float | None]
+
+
+def resolve_inputs(cfg: Config) -> TrainInputs:
+    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    for table in ("features", "feature_spec", "vocab"):
+        if not lake.exists(table):
+            raise FileNotFoundError(
+                f"no {table} table under {lake.root}: run the ETL first (jobs/etl.py)"
+            )
+    version = (
+        cfg.train.features_version
+        if cfg.train.features_version is not None
+        else lake.version("features")
+    )
+    versions = {
+        "features": version,
+        "feature_spec": lake.version("feature_spec"),
+        "vocab": lake.version("vocab"),
+    }
+    spec = read_feature_spec(lake.path("feature_spec"), versions["feature_spec"])
+    return TrainInputs(lake.files("features", version), spec, versions, lake.root)
+
+
+def reader_conf(cfg: Config, spec: FeatureSpec) -> ReaderConf:
+    t = cfg.train
+    ids = {name: i for i, name in enumerate(spec.domains)}
+    unknown = sorted((set(t.train_domains or []) | set(t.domain_fraction)) - set(ids))
+    if t.early_stop_domain is not None and t.early_stop_domain not in ids:
+        unknown.append(t.early_stop_domain)
+    if unknown:
+        raise ValueError(
+            f"train: unknown domains {unknown} (the feature spec has {list(spec.domains)})"
+        )
+    return ReaderConf(
+        batch_size=t.batch_size,
+        shuffle_buffer=t.shuffle_buffer,
+        workers=t.reader_workers,
+        domains=tuple(ids[d] for d in t.train_domains) if t.train_domains is not None else None,
+        fractions=tuple((ids[d], f) for d, f in sorted(t.domain_fraction.items())),
+    )
+
+
+def device_of(cfg: Config) -> torch.device:
+    want = cfg.train.device
+    if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise RuntimeError("train.device=cuda but torch sees no CUDA device")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+def run_key(cfg: Config, inputs: TrainInputs) -> str:
+    """Stable id of a run (config + data): where its checkpoints live, so --resume finds them."""
+    blob = json.dumps(
+        {
+            "model": to_dict(cfg.model),
+            "train": to_dict(cfg.train),
+            "versions": inputs.versions,
+            "ds": cfg.run.ds,
+        },
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def train_model(
+    cfg: Config,
+    *,
+    resume: bool = False,
+    inputs: TrainInputs | None = None,
+    backend: Backend | None = None,
+    steps_per_epoch: int | None = None,
+    write: bool = True,
+) -> TrainResult:
+    """Train ``cfg.model`` on the lake's features; rank 0 writes the artifact."""
+    backend = backend or SingleProcess()
+    inputs = inputs or resolve_inputs(cfg)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    device = device_of(cfg)
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(inputs.spec, cfg.model)
+    reader = reader_conf(cfg, inputs.spec)
+    data = LakeData(inputs, reader, backend.rank, backend.size)
+    root = Path(cfg.artifacts.root)
+    ckpt_dir = root / "_checkpoints" / run_key(cfg, inputs)
+    if backend.is_main:
+        log.info(
+            "training %s on features v%d (%d files), %d domains, %d fields, device %s, %d process(es)",
+            cfg.model.name,
+            inputs.versions["features"],
+            len(inputs.files),
+            len(inputs.spec.domains),
+            len(inputs.spec.fields),
+            device,
+            backend.size,
+        )
+    result = fit(
+        model,
+        cfg.train,
+        data,
+        inputs.spec.domains,
+        device=device,
+        backend=backend,
+        checkpoint_dir=ckpt_dir,
+        resume=resume,
+        steps_per_epoch=steps_per_epoch,
+    )
+    metrics = {**flatten("valid", result.valid), **flatten("test", result.test)}
+    version = (
+        cfg.train.model_version
+        or f"{cfg.model.name}-{cfg.run.ds}-{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}"
+    )
+    out = root / version
+    if backend.is_main and write:
+        if cfg.train.plots:
+            out.mkdir(parents=True, exist_ok=True)
+            plots.training_curves(result.history, out / "training_curves.png")
+            plots.domain_auc_bars(
+                {k: v for k, v in result.test["auc"].items()}, out / "domain_auc.png"
+            )
+        data_info: dict[str, Any] = {
+            "lake_root": inputs.lake_root,
+            "versions": inputs.versions,
+            "ds": cfg.run.ds,
+        }
+        write_artifact(
+            out,
+            model=model.cpu(),
+            model_conf=cfg.model,
+            spec=inputs.spec,
+            data=data_info,
+            metrics=metrics,
+            history=result.history,
+            extra={
+                "train": to_dict(cfg.train),
+                "best_epoch": result.best_epoch,
+                "epochs_run": result.epochs_run,
+                "steps": result.steps,
+                "seconds": result.seconds,
+                "processes": backend.size,
+            },
+        )
+        shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifact supersedes them
+        log.info(
+            "artifact %s: test AUC pooled %.4f", out, result.test["auc"]["pooled"] or float("nan")
+        )
+    return TrainResult(version, out, result, metrics)

@@ -1,0 +1,243 @@
+"""The training loop (torch only): Adam, early stopping on validation AUC, checkpoints, resume.
+
+The loop sees data through ``DataSource`` and other processes through ``Backend``, so the same
+code runs in one process or as N Horovod ranks. Rank 0 alone writes checkpoints and logs.
+
+Resume: the checkpoint holds the model, the optimizer, the loop state (epoch, step inside the
+epoch, best metric, patience) and the torch RNG. Epoch e always reads its training rows in the
+order fixed by ``seed`` and e, so a resumed run skips the steps it had done and continues on
+exactly the batches an uninterrupted run would see.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cdtm.config import TrainConf
+from cdtm.data.batch import Batch
+from cdtm.model.base import CTRModel
+from cdtm.train import checkpoint
+from cdtm.train.distributed import Backend, SingleProcess
+from cdtm.train.metrics import ctr_metrics
+
+log = logging.getLogger(__name__)
+
+Metrics = dict[str, dict[str, float | None]]
+
+
+class DataSource(Protocol):
+    def train_batches(self, seed: int) -> Iterator[Batch]: ...
+
+    def eval_batches(self, split: str) -> Iterator[Batch]: ...
+
+
+@dataclasses.dataclass
+class FitResult:
+    best_epoch: int
+    epochs_run: int
+    steps: int
+    history: list[dict[str, Any]]
+    valid: Metrics
+    test: Metrics
+    seconds: float
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    return seed * 1_000_003 + epoch
+
+
+def predict(
+    model: CTRModel, batches: Iterator[Batch], device: torch.device
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Labels, click probabilities and domains of every row (this process's shard)."""
+    model.eval()
+    labels, probs, domains = [], [], []
+    with torch.no_grad():
+        for b in batches:
+            b = b.to(device)
+            probs.append(torch.sigmoid(model(b)).float().cpu())
+            labels.append(b.label.cpu())
+            domains.append(b.domain.cpu())
+    if not labels:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32), np.zeros(0, np.int64)
+    return torch.cat(labels).numpy(), torch.cat(probs).numpy(), torch.cat(domains).numpy()
+
+
+def evaluate(
+    model: CTRModel,
+    batches: Iterator[Batch],
+    domains: Sequence[str],
+    device: torch.device,
+    backend: Backend,
+) -> Metrics:
+    y, p, d = predict(model, batches, device)
+    # Every rank contributes its shard; metrics are computed on the union, identically on all ranks.
+    y = backend.gather_arrays(torch.from_numpy(y)).numpy()
+    p = backend.gather_arrays(torch.from_numpy(p)).numpy()
+    d = backend.gather_arrays(torch.from_numpy(d)).numpy()
+    return ctr_metrics(y, p, d, domains)
+
+
+def fit(
+    model: CTRModel,
+    conf: TrainConf,
+    data: DataSource,
+    domains: Sequence[str],
+    *,
+    device: torch.device,
+    backend: Backend | None = None,
+    checkpoint_dir: Path | None = None,
+    resume: bool = False,
+    steps_per_epoch: int | None = None,
+    lr_scale: float = 1.0,
+) -> FitResult:
+    """Train until early stopping or ``max_epochs``; return metrics of the best epoch's model.
+
+    ``steps_per_epoch``: the number of steps every rank runs per epoch (agreed across ranks
+    so that no rank waits forever on another); None runs each shard to its end.
+    """
+    backend = backend or SingleProcess()
+    start = time.time()
+    torch.manual_seed(conf.seed)
+    model.to(device)
+    optimizer: torch.optim.Optimizer = torch.optim.Adam(
+        model.parameters(), lr=conf.lr * lr_scale, weight_decay=conf.weight_decay
+    )
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "step_in_epoch": 0,
+        "global_step": 0,
+        "best": -math.inf,
+        "best_epoch": -1,
+        "bad_epochs": 0,
+        "done": False,
+        "history": [],
+    }
+    best_state = copy.deepcopy(model.state_dict())
+    last = checkpoint_dir / "last.pt" if checkpoint_dir else None
+    if resume and last is not None and last.exists():
+        saved = checkpoint.load(last)
+        model.load_state_dict(saved["model"])
+        optimizer.load_state_dict(saved["optimizer"])
+        state = saved["state"]
+        torch.set_rng_state(saved["rng"])
+        best_path = last.with_name("best.pt")
+        if best_path.exists():
+            best_state = checkpoint.load(best_path)["model"]
+        if backend.is_main:
+            log.info(
+                "resumed from %s: epoch %d, step %d", last, state["epoch"], state["step_in_epoch"]
+            )
+    backend.broadcast_state(model, optimizer)
+    optimizer = backend.wrap_optimizer(optimizer, model)
+    key = conf.early_stop_domain or "pooled"
+
+    def save_checkpoint() -> None:
+        if last is not None and backend.is_main:
+            checkpoint.save(
+                last,
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "state": state,
+                    "rng": torch.get_rng_state(),
+                },
+            )
+
+    limit = steps_per_epoch
+    if conf.max_steps_per_epoch:
+        limit = (
+            min(limit, conf.max_steps_per_epoch) if limit is not None else conf.max_steps_per_epoch
+        )
+
+    while not state["done"] and state["epoch"] < conf.max_epochs:
+        epoch = state["epoch"]
+        model.train()
+        t0, rows, loss_sum, loss_n = time.time(), 0, 0.0, 0
+        for i, batch in enumerate(data.train_batches(epoch_seed(conf.seed, epoch))):
+            if limit is not None and i >= limit:
+                break
+            if i < state["step_in_epoch"]:
+                continue  # done before the interruption
+            batch = batch.to(device)
+            logits, aux = model.forward_train(batch)
+            loss = F.binary_cross_entropy_with_logits(logits, batch.label)
+            total = loss + sum(aux.values()) if aux else loss
+            optimizer.zero_grad(set_to_none=True)
+            total.backward()
+            optimizer.step()
+            state["step_in_epoch"] = i + 1
+            state["global_step"] += 1
+            rows += len(batch)
+            loss_sum += float(loss.detach())
+            loss_n += 1
+            if conf.checkpoint_every and state["global_step"] % conf.checkpoint_every == 0:
+                save_checkpoint()
+            if conf.log_every and state["global_step"] % conf.log_every == 0 and backend.is_main:
+                log.info(
+                    "rank %d epoch %d step %d: loss %.4f, %.0f rows/s",
+                    backend.rank,
+                    epoch,
+                    state["step_in_epoch"],
+                    loss_sum / max(loss_n, 1),
+                    rows * backend.size / max(time.time() - t0, 1e-9),
+                )
+        train_seconds = time.time() - t0
+        valid = evaluate(model, data.eval_batches("valid"), domains, device, backend)
+        metric = valid["auc"][key]
+        score = metric if metric is not None else -math.inf
+        improved = score > state["best"]
+        if improved:
+            state.update(best=score, best_epoch=epoch, bad_epochs=0)
+            best_state = copy.deepcopy(model.state_dict())
+            if last is not None and backend.is_main:
+                checkpoint.save(last.with_name("best.pt"), {"model": best_state})
+        else:
+            state["bad_epochs"] += 1
+        state["history"].append(
+            {
+                "epoch": epoch,
+                "train_loss": loss_sum / max(loss_n, 1),
+                "train_rows_per_s": rows * backend.size / max(train_seconds, 1e-9),
+                "valid_auc": valid["auc"],
+                "valid_logloss": valid["logloss"],
+            }
+        )
+        if backend.is_main:
+            log.info(
+                "epoch %d: train loss %.4f, valid auc %s %s%s",
+                epoch,
+                loss_sum / max(loss_n, 1),
+                key,
+                f"{score:.4f}",
+                " (best)" if improved else f" (no gain {state['bad_epochs']}/{conf.patience})",
+            )
+        state["epoch"] = epoch + 1
+        state["step_in_epoch"] = 0
+        if state["bad_epochs"] >= conf.patience:
+            state["done"] = True
+        save_checkpoint()
+
+    model.load_state_dict(best_state)
+    valid = evaluate(model, data.eval_batches("valid"), domains, device, backend)
+    test = evaluate(model, data.eval_batches("test"), domains, device, backend)
+    return FitResult(
+        best_epoch=int(state["best_epoch"]),
+        epochs_run=int(state["epoch"]),
+        steps=int(state["global_step"]),
+        history=list(state["history"]),
+        valid=valid,
+        test=test,
+        seconds=round(time.time() - start, 2),
+    )

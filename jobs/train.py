@@ -1,0 +1,45 @@
+"""Train a model (CDTM or a baseline) from the lake's feature tables; write its artifact.
+
+    python jobs/train.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml \
+        --set model.name=cdtm [--resume]
+
+Prints metrics.json of the new artifact on stdout.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from cdtm.cli import load, parser, setup_logging
+from cdtm.train.job import train_model
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument(
+        "--resume", action="store_true", help="continue the same run from its last checkpoint"
+    )
+    args = p.parse_args(argv)
+    setup_logging()
+    cfg = load(args)
+    try:
+        result = train_model(cfg, resume=args.resume)
+    except FileNotFoundError as e:
+        print(f"train failed: {e}", file=sys.stderr)
+        return 1
+    print(
+        json.dumps(
+            {
+                "model_version": result.model_version,
+                "artifact": str(result.artifact),
+                **result.metrics,
+            },
+            indent=2,
+        )
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
