@@ -59,3 +59,45 @@ def movielens_dir() -> Path:
             f"MovieLens files not found under {path} (set CDTM_DATA_DIR or run `make data`)"
         )
     return path
+
+
+def lake_config(lake_root: Path, dataset: str, *overrides: str, profile: bool = False):
+    """Config for a test lake: conf/local.yaml + a shipped dataset spec (+ the tiny profile)."""
+    from cdtm.config import load_config
+
+    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / f"{dataset}.yaml"]
+    if profile:
+        files.append(REPO / "conf" / "profiles" / "tiny.yaml")
+    return load_config(
+        files,
+        [f"lake.root={lake_root}", f"artifacts.root={lake_root.parent / 'artifacts'}", *overrides],
+    )
+
+
+@pytest.fixture(scope="session")
+def ml100k(spark, movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory):
+    """MovieLens-100K through the ETL once per session: (config, report)."""
+    from feature_etl.etl import run_etl
+
+    os.environ["CDTM_DATA_DIR"] = str(movielens_dir)
+    cfg = lake_config(
+        tmp_path_factory.mktemp("ml100k") / "lake", "movielens-100k", "run.ds=2024-03-01"
+    )
+    return cfg, run_etl(spark, cfg)
+
+
+@pytest.fixture(scope="session")
+def synthetic_lake(spark, tmp_path_factory: pytest.TempPathFactory):
+    """A small synthetic set (4 domains, sparse target) through the ETL: (config, report)."""
+    from feature_etl.etl import run_etl
+
+    cfg = lake_config(
+        tmp_path_factory.mktemp("synthetic") / "lake",
+        "synthetic",
+        "dataset.source.synthetic.rows=30000",
+        "dataset.source.synthetic.users=500",
+        "dataset.source.synthetic.items=300",
+        "dataset.source.synthetic.target_share=0.1",
+        profile=True,
+    )
+    return cfg, run_etl(spark, cfg)

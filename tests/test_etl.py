@@ -12,15 +12,13 @@ from pyspark.testing import assertDataFrameEqual
 from cdtm.config import Config, load_config
 from cdtm.lake import Lake, query
 from feature_etl.etl import EtlError, read_spec, readback_check, run_etl
+from tests.conftest import lake_config
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def config(lake_root: Path, dataset: str, *overrides: str) -> Config:
-    return load_config(
-        [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / f"{dataset}.yaml"],
-        [f"lake.root={lake_root}", f"artifacts.root={lake_root.parent / 'artifacts'}", *overrides],
-    )
+    return lake_config(lake_root, dataset, *overrides)
 
 
 def ml100k_expected(data: Path) -> pd.DataFrame:
@@ -31,16 +29,6 @@ def ml100k_expected(data: Path) -> pd.DataFrame:
     df["domain"] = pd.cut(df["age:token"], [-1, 24.5, 34.5, 200], labels=[0, 1, 2]).astype(int)
     df["label"] = (df["rating:float"] >= 4).astype(int)
     return df
-
-
-@pytest.fixture(scope="module")
-def ml100k(spark, movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    import os
-
-    os.environ["CDTM_DATA_DIR"] = str(movielens_dir)
-    root = tmp_path_factory.mktemp("ml100k") / "lake"
-    cfg = config(root, "movielens-100k", "run.ds=2024-03-01")
-    return cfg, run_etl(spark, cfg)
 
 
 def test_movielens_100k_counts_reconcile_with_raw_files(spark, ml100k, movielens_dir: Path) -> None:

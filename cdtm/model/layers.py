@@ -77,4 +77,3 @@ class DomainTowers(nn.Module):
             if idx.numel():
                 out = out.index_put((idx,), tower(h[idx]).squeeze(-1))
         return out
-

@@ -1,0 +1,167 @@
+"""Model modules: shapes, gradients, the alignment loss and the ablation switches. Torch only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cdtm.config import ModelConf, build
+from cdtm.data.batch import Batch
+from cdtm.model import MODELS, build_model
+from cdtm.model.cdtm import (
+    CDTM,
+    CombinationAttention,
+    DomainSpecificEmbedding,
+    GlobalSharedEmbedding,
+    TransferMatrix,
+)
+from cdtm.spec import DenseSpec, FeatureSpec, FieldSpec
+
+# Three domains; "ctx" only in domain b (not transferable), "grp" in a and c (transferable).
+SPEC = FeatureSpec(
+    dataset="toy",
+    domains=("a", "b", "c"),
+    fields=(
+        FieldSpec("user", "f_user", ("a", "b", "c"), True, 50),
+        FieldSpec("item", "f_item", ("a", "b", "c"), True, 40),
+        FieldSpec("ctx", "f_ctx", ("b",), False, 6),
+        FieldSpec("grp", "f_grp", ("a", "c"), True, 5),
+    ),
+    dense=(DenseSpec("hour", "dense_hour", ("a", "b", "c"), 0.0, 23.0),),
+)
+K = 8
+
+
+def conf(**kw: object) -> ModelConf:
+    base = {"embed_dim": K, "bottom": [16], "tower": [8], "embed_init_std": 0.1}
+    return build(ModelConf, {**base, **kw}, prefix="model")
+
+
+def toy_batch(n: int = 64, seed: int = 0) -> Batch:
+    g = torch.Generator().manual_seed(seed)
+    domain = torch.randint(0, 3, (n,), generator=g)
+    user = torch.randint(1, 50, (n,), generator=g)
+    item = torch.randint(1, 40, (n,), generator=g)
+    ctx = torch.where(domain == 1, torch.randint(1, 6, (n,), generator=g), 0)
+    grp = torch.where(domain != 1, torch.randint(1, 5, (n,), generator=g), 0)
+    fields = torch.stack([user, item, ctx, grp], dim=1)
+    label = ((user + item) % 2).float()
+    return Batch(domain, label, fields, torch.rand(n, 1, generator=g), torch.arange(n))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_gives_one_logit_per_row_and_gradients(name: str) -> None:
+    torch.manual_seed(0)
+    model = build_model(SPEC, conf(name=name))
+    batch = toy_batch()
+    logits, aux = model.forward_train(batch)
+    assert logits.shape == (64,) and torch.isfinite(logits).all()
+    loss = F.binary_cross_entropy_with_logits(logits, batch.label) + sum(aux.values())
+    loss.backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert sum(float(g.abs().sum()) for g in grads) > 0
+
+
+def test_dse_has_a_table_per_domain_field_and_absent_fields_are_zero() -> None:
+    dse = DomainSpecificEmbedding(SPEC, K, 0.1)
+    # rows: 1 pad + 3 domains x (user 49 + item 39) + ctx 5 (b only) + grp 4 (a, c)
+    assert dse.table.num_embeddings == 1 + 3 * (49 + 39) + 5 + 2 * 4
+    fields = torch.tensor([[3, 4, 2, 1], [3, 4, 2, 1], [3, 0, 0, 0]])
+    out = dse(fields, torch.tensor([0, 1, 2]))
+    assert out.shape == (3, 4, K)
+    assert torch.equal(out[0, 2], torch.zeros(K))  # domain a has no ctx field
+    assert torch.equal(out[1, 3], torch.zeros(K))  # domain b has no grp field
+    assert torch.equal(out[2, 1:], torch.zeros(3, K))  # index 0 = absent
+    assert not torch.equal(out[0, 0], out[1, 0])  # same user, own table per domain
+
+
+def test_gse_is_shared_across_domains_for_transferable_fields_only() -> None:
+    gse = GlobalSharedEmbedding(SPEC, K, 0.1)
+    fields = torch.tensor([[3, 4, 2, 1]])
+    out = gse(fields)
+    assert torch.equal(out[0, 2], torch.zeros(K))  # ctx is not transferable: no GSE
+    assert out[0, 0].abs().sum() > 0 and out[0, 3].abs().sum() > 0
+
+
+def test_transfer_starts_as_identity_and_attention_at_half() -> None:
+    t = TransferMatrix(3, 4, K, "domain")
+    g = torch.randn(5, 4, K)
+    assert torch.allclose(t(g, torch.tensor([0, 1, 2, 0, 1])), g)
+    per_field = TransferMatrix(3, 4, K, "domain_field")
+    assert per_field.T.shape == (3, 4, K, K)
+    att = CombinationAttention(3, K, "vector")
+    a = att(torch.randn(5, 4, K), torch.randn(5, 4, K), torch.tensor([0, 1, 2, 0, 1]))
+    assert a.shape == (5, 4, K) and torch.allclose(a, torch.full_like(a, 0.5))
+    assert CombinationAttention(3, K, "scalar")(
+        torch.randn(5, 4, K), torch.randn(5, 4, K), torch.zeros(5, dtype=torch.long)
+    ).shape == (5, 4, 1)
+
+
+def test_alignment_loss_pulls_dse_and_mapped_gse_together() -> None:
+    torch.manual_seed(0)
+    model = CDTM(SPEC, conf(cdtm={"align_weight": 1.0}))
+    batch = toy_batch(256)
+
+    def distance() -> float:
+        with torch.no_grad():
+            _, parts = model.combine(batch)
+            shared = parts["shared"].squeeze(-1)
+            return float((((parts["e"] - parts["m"]) ** 2).sum(-1) * shared).sum() / shared.sum())
+
+    before = distance()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(50):
+        _, aux = model.forward_train(batch)
+        opt.zero_grad()
+        aux["align"].backward()
+        opt.step()
+    assert distance() < 0.1 * before
+
+
+def test_ablation_switches_change_exactly_what_they_say() -> None:
+    full = CDTM(SPEC, conf())
+    names = {n for n, p in full.named_parameters() if p.requires_grad}
+    assert {
+        "transfer.T",
+        "attention.V1",
+        "attention.b1",
+        "gse.table.weight",
+        "dse.table.weight",
+    } <= names
+
+    no_att = CDTM(SPEC, conf(cdtm={"attention": "none"}))
+    assert {n for n, p in no_att.named_parameters() if p.requires_grad} == names - {
+        "attention.V1",
+        "attention.b1",
+    }
+    _, parts = no_att.combine(toy_batch())
+    assert torch.all(parts["a"] == 0.5)
+
+    no_t = CDTM(SPEC, conf(cdtm={"transfer": "identity"}))
+    assert {n for n, p in no_t.named_parameters() if p.requires_grad} == names - {"transfer.T"}
+    assert torch.equal(no_t.transfer.T, torch.eye(K).expand(3, K, K))
+
+    no_gse = CDTM(SPEC, conf(cdtm={"gse": False}))
+    assert {n for n, p in no_gse.named_parameters()} == {
+        n for n in names if not n.startswith(("gse.", "transfer.", "attention."))
+    }
+    assert no_gse.forward_train(toy_batch())[1] == {}
+
+    no_align = CDTM(SPEC, conf(cdtm={"align_weight": 0.0}))
+    assert {n for n, p in no_align.named_parameters() if p.requires_grad} == names
+    assert no_align.forward_train(toy_batch())[1] == {}
+    assert set(full.forward_train(toy_batch())[1]) == {"align"}
+
+
+def test_combination_uses_dse_alone_for_domain_only_fields() -> None:
+    torch.manual_seed(0)
+    model = CDTM(SPEC, conf())
+    batch = toy_batch()
+    z, parts = model.combine(batch)
+    ctx = 2
+    assert torch.equal(z[:, ctx], parts["e"][:, ctx])  # ctx is not transferable
+    rows = batch.fields[:, 0] > 0
+    expected = 0.5 * parts["e"][rows, 0] + 0.5 * parts["m"][rows, 0]  # A = 0.5 at init
+    assert torch.allclose(z[rows, 0], expected)

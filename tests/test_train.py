@@ -1,0 +1,225 @@
+"""Petastorm reader, training end to end on the tiny profile, artifacts and resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import functions as F
+
+from cdtm.config import Config, load_config
+from cdtm.data.batch import Batch
+from cdtm.data.reader import FeatureReader, ReaderConf
+from cdtm.lake import Lake
+from cdtm.model import build_model
+from cdtm.train.artifacts import ArtifactError, load_artifact
+from cdtm.train.job import LakeData, reader_conf, resolve_inputs, train_model
+from cdtm.train.loop import fit, predict
+from tests.conftest import REPO
+
+
+def tiny(cfg: Config, *overrides: str) -> Config:
+    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
+    return load_config(
+        files, [f"lake.root={cfg.lake.root}", f"artifacts.root={cfg.artifacts.root}", *overrides]
+    )
+
+
+def test_reader_shards_are_disjoint_and_cover_the_split(spark, ml100k) -> None:
+    cfg, _ = ml100k
+    inputs = resolve_inputs(cfg)
+    conf = ReaderConf(batch_size=1000)
+    shards = [
+        np.concatenate(
+            [
+                b.row_id.numpy()
+                for b in FeatureReader(inputs.files, inputs.spec, "train", conf, r, 2).batches(
+                    seed=r
+                )
+            ]
+        )
+        for r in range(2)
+    ]
+    assert len(np.intersect1d(shards[0], shards[1])) == 0
+    expected = (
+        Lake(cfg.lake.root)
+        .read(spark, "features")
+        .where(F.col("split") == "train")
+        .select("row_id")
+    )
+    assert sorted(np.concatenate(shards).tolist()) == sorted(r[0] for r in expected.collect())
+
+
+def test_reader_batches_match_the_table(spark, ml100k) -> None:
+    cfg, _ = ml100k
+    inputs = resolve_inputs(cfg)
+    batches = list(
+        FeatureReader(inputs.files, inputs.spec, "test", ReaderConf(batch_size=4096)).batches(None)
+    )
+    assert all(len(b) == 4096 for b in batches[:-1])
+    b = batches[0]
+    assert (
+        b.fields.shape == (4096, 6) and b.fields.dtype == torch.int64 and b.dense.shape == (4096, 1)
+    )
+    row = (
+        Lake(cfg.lake.root)
+        .read(spark, "features")
+        .where(F.col("row_id") == int(b.row_id[0]))
+        .first()
+    )
+    assert [row[f.column] for f in inputs.spec.fields] == b.fields[0].tolist()
+    assert (row["domain"], row["label"], row["split"]) == (
+        int(b.domain[0]),
+        int(b.label[0]),
+        "test",
+    )
+
+
+def test_reader_domain_filter_and_down_sampling(ml100k) -> None:
+    cfg, report = ml100k
+    inputs = resolve_inputs(cfg)
+    conf = ReaderConf(batch_size=100_000, domains=(0, 2), fractions=((2, 0.25),))
+    b = next(FeatureReader(inputs.files, inputs.spec, "train", conf, filtered=True).batches(None))
+    counts = np.bincount(b.domain.numpy(), minlength=3)
+    full = next(
+        FeatureReader(inputs.files, inputs.spec, "train", ReaderConf(batch_size=100_000)).batches(
+            None
+        )
+    )
+    full_counts = np.bincount(full.domain.numpy(), minlength=3)
+    assert counts[1] == 0 and counts[0] == full_counts[0]
+    assert 0.2 < counts[2] / full_counts[2] < 0.3
+
+
+def test_tiny_train_on_movielens_100k_writes_a_verified_artifact(ml100k) -> None:
+    cfg = tiny(ml100k[0], "model.name=cdtm", "train.model_version=ml100k-cdtm", "run.ds=2024-03-01")
+    result = train_model(cfg)
+    m = result.metrics
+    assert m["test.auc.pooled"] > 0.70  # MovieLens-100K: clearly above chance after 3 small epochs
+    assert {
+        "test.auc.0",
+        "test.auc.1",
+        "test.auc.2",
+        "valid.auc.pooled",
+        "test.logloss.pooled",
+    } <= set(m)
+    out = result.artifact
+    for f in [
+        "weights.pt",
+        "model.json",
+        "feature_spec.json",
+        "data.json",
+        "metrics.json",
+        "manifest.json",
+        "training_curves.png",
+        "domain_auc.png",
+    ]:
+        assert (out / f).is_file(), f
+    data = json.loads((out / "data.json").read_text())
+    assert data["versions"]["features"] == Lake(cfg.lake.root).version("features")
+
+    model, spec, _ = load_artifact(out)
+    inputs = resolve_inputs(cfg)
+    source = LakeData(inputs, reader_conf(cfg, inputs.spec))
+    y, p, d = predict(model, source.eval_batches("test"), torch.device("cpu"))
+    from sklearn.metrics import roc_auc_score
+
+    assert abs(roc_auc_score(y, p) - m["test.auc.pooled"]) < 1e-9
+
+    weights = out / "weights.pt"
+    weights.write_bytes(weights.read_bytes()[:-10])  # truncated
+    with pytest.raises(ArtifactError, match="weights.pt does not match its SHA-256"):
+        load_artifact(out)
+
+
+def test_tiny_train_on_synthetic_data(synthetic_lake) -> None:
+    cfg, _ = synthetic_lake
+    for name in ("cdtm", "star"):
+        result = train_model(
+            tiny(cfg, f"model.name={name}", f"train.model_version=syn-{name}", "train.plots=false")
+        )
+        assert result.metrics["test.auc.pooled"] > 0.6, name
+        assert result.metrics["test.auc.d3"] is not None  # the sparse target is evaluated
+
+
+class Crash(RuntimeError):
+    pass
+
+
+class CrashingData:
+    """The same data, but the process 'dies' after ``after`` training batches."""
+
+    def __init__(self, inner: LakeData, after: int) -> None:
+        self.inner, self.after = inner, after
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        for i, b in enumerate(self.inner.train_batches(seed)):
+            if i == self.after:
+                raise Crash("killed mid-epoch")
+            yield b
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        return self.inner.eval_batches(split)
+
+
+def test_resume_gives_the_same_weights_as_an_uninterrupted_run(
+    synthetic_lake, tmp_path: Path
+) -> None:
+    # One thread: multi-threaded float reductions differ in the last bits even between two straight runs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _resume_matches(synthetic_lake[0], tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _resume_matches(base: Config, tmp_path: Path) -> None:
+    cfg = tiny(
+        base,
+        "train.max_epochs=2",
+        "train.checkpoint_every=5",
+        "train.patience=5",
+        "model.dropout=0.1",
+    )
+    inputs = resolve_inputs(cfg)
+    data = LakeData(inputs, reader_conf(cfg, inputs.spec))
+    cpu = torch.device("cpu")
+
+    torch.manual_seed(0)
+    straight = build_model(inputs.spec, cfg.model)
+    fit(straight, cfg.train, data, inputs.spec.domains, device=cpu, checkpoint_dir=tmp_path / "a")
+
+    torch.manual_seed(0)
+    first = build_model(inputs.spec, cfg.model)
+    with pytest.raises(
+        Crash
+    ):  # dies at step 12 of epoch 0, 2 steps after the checkpoint of step 10
+        fit(
+            first,
+            cfg.train,
+            CrashingData(data, after=12),
+            inputs.spec.domains,
+            device=cpu,
+            checkpoint_dir=tmp_path / "b",
+        )
+    crashed = CrashingData(data, after=10**9)
+    # A fresh process: a new model object, state only from the checkpoint.
+    torch.manual_seed(123)
+    resumed = build_model(inputs.spec, cfg.model)
+    result = fit(
+        resumed,
+        cfg.train,
+        crashed,
+        inputs.spec.domains,
+        device=cpu,
+        checkpoint_dir=tmp_path / "b",
+        resume=True,
+    )
+    assert result.epochs_run == 2
+    for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
+        assert torch.equal(a, b), name
