@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup data demo etl test test-unit lint clean
+.PHONY: setup horovod data demo benchmark paper test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -24,12 +24,39 @@ $(SETUP_STAMP): pyproject.toml
 	$(PY) -m pip check
 	@touch $@
 
+# horovod 0.28.1 is source-only: built once against the installed torch (Gloo, plus NCCL where
+# CUDA is present), then reused. A plain `horovod`, not `horovod[spark]` (that pins its own petastorm).
+HOROVOD_STAMP := $(VENV)/.horovod-stamp
+horovod: $(HOROVOD_STAMP)
+
+$(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx17.cmake
+	$(PY) -m pip install -q 'cmake>=3.21,<4'
+	PATH="$(abspath $(VENV))/bin:$$PATH" \
+	CMAKE_TOOLCHAIN_FILE="$(abspath tools/horovod/toolchain.cmake)" \
+	HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
+	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
+	$(PY) -m pip install --no-build-isolation 'horovod==0.28.1'
+	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build | tee /dev/stderr | grep -q 'X\] PyTorch'
+	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build | grep -q 'X\] Gloo'
+	$(PY) -m pip check
+	@touch $@
+
 data: setup
 	$(PY) -m feature_etl.fetch --dest $(DATA)
 
-# The main job, end to end on MovieLens-1M (ETL now; training and scoring join as they land).
+ML1M := --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
+
+# The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check), then CDTM training.
 demo: setup data
-	$(PY) jobs/etl.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml --verify
+	$(PY) jobs/etl.py $(ML1M) --verify
+	$(PY) jobs/train.py $(ML1M) --set model.name=cdtm
+
+# The public benchmark and the paper's tasks (long: see README for times).
+benchmark: setup data
+	$(PY) jobs/experiment.py benchmark --out out/benchmark
+
+paper: setup data
+	$(PY) jobs/experiment.py paper --out out/paper
 
 test: setup data
 	$(PY) -m pytest -q tests

@@ -274,6 +274,11 @@ class TrainConf:
     checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends only
     log_every: int = 50  # steps between progress lines
     max_steps_per_epoch: int = 0  # 0: the whole training split (tiny profiles set it)
+    backend: Literal["single", "horovod-spark", "horovodrun"] = "single"
+    num_proc: int = 2  # horovod-spark: training processes started on Spark executors
+    nics: list[str] | None = None  # Horovod's interfaces, e.g. [lo] on one machine; None: Horovod picks
+    scale_lr: bool = False  # multiply lr by the number of processes
+    amp: bool = False  # bfloat16 autocast (on GPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     threads: int = 0  # torch intra-op threads; 0: torch's default
     shuffle_buffer: int = 200_000

@@ -1,7 +1,7 @@
 """Train a model (CDTM or a baseline) from the lake's feature tables; write its artifact.
 
     python jobs/train.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml \
-        --set model.name=cdtm [--resume]
+        --set model.name=cdtm [--set train.backend=horovod-spark --set train.num_proc=2] [--resume]
 
 Prints metrics.json of the new artifact on stdout.
 """
@@ -12,7 +12,8 @@ import json
 import sys
 
 from cdtm.cli import load, parser, setup_logging
-from cdtm.train.job import train_model
+from cdtm.spark import build_session
+from cdtm.train.launch import launch
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -23,8 +24,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     cfg = load(args)
+    spark = build_session(cfg.spark) if cfg.train.backend == "horovod-spark" else None
     try:
-        result = train_model(cfg, resume=args.resume)
+        result = launch(spark, cfg, resume=args.resume)
     except FileNotFoundError as e:
         print(f"train failed: {e}", file=sys.stderr)
         return 1

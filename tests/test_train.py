@@ -162,6 +162,9 @@ class CrashingData:
                 raise Crash("killed mid-epoch")
             yield b
 
+    def train_steps(self) -> int:
+        return self.inner.train_steps()
+
     def eval_batches(self, split: str) -> Iterator[Batch]:
         return self.inner.eval_batches(split)
 

@@ -60,6 +60,9 @@ class LakeData:
     def train_batches(self, seed: int) -> Iterator[Batch]:
         return self._reader("train", filtered=True).batches(seed)
 
+    def train_steps(self) -> int:
+        return -(-self._reader("train", filtered=True).count() // self.reader.batch_size)
+
     def eval_batches(self, split: str) -> Iterator[Batch]:
         return self._reader(split).batches(None)
 
@@ -112,12 +115,15 @@ def reader_conf(cfg: Config, spec: FeatureSpec) -> ReaderConf:
     )
 
 
-def device_of(cfg: Config) -> torch.device:
+def device_of(cfg: Config, local_rank: int = 0) -> torch.device:
+    """CUDA (one GPU per process: the local rank's) when asked or available, else CPU."""
     want = cfg.train.device
     if want == "cuda" or (want == "auto" and torch.cuda.is_available()):
         if not torch.cuda.is_available():
             raise RuntimeError("train.device=cuda but torch sees no CUDA device")
-        return torch.device("cuda")
+        device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+        return device
     return torch.device("cpu")
 
 
@@ -141,7 +147,6 @@ def train_model(
     resume: bool = False,
     inputs: TrainInputs | None = None,
     backend: Backend | None = None,
-    steps_per_epoch: int | None = None,
     write: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` on the lake's features; rank 0 writes the artifact."""
@@ -149,7 +154,7 @@ def train_model(
     inputs = inputs or resolve_inputs(cfg)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    device = device_of(cfg)
+    device = device_of(cfg, getattr(backend, "local_rank", 0))
     torch.manual_seed(cfg.train.seed)
     model = build_model(inputs.spec, cfg.model)
     reader = reader_conf(cfg, inputs.spec)
@@ -176,7 +181,8 @@ def train_model(
         backend=backend,
         checkpoint_dir=ckpt_dir,
         resume=resume,
-        steps_per_epoch=steps_per_epoch,
+        lr_scale=float(backend.size) if cfg.train.scale_lr else 1.0,
+        amp=cfg.train.amp and device.type == "cuda",
     )
     metrics = {**flatten("valid", result.valid), **flatten("test", result.test)}
     version = (

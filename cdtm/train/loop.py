@@ -39,6 +39,10 @@ Metrics = dict[str, dict[str, float | None]]
 class DataSource(Protocol):
     def train_batches(self, seed: int) -> Iterator[Batch]: ...
 
+    def train_steps(self) -> int:
+        """Training batches this process reads per epoch."""
+        ...
+
     def eval_batches(self, split: str) -> Iterator[Batch]: ...
 
 
@@ -51,6 +55,18 @@ class FitResult:
     valid: Metrics
     test: Metrics
     seconds: float
+
+
+def _padded(batches: Iterator[Batch], steps: int) -> Iterator[Batch | None]:
+    """Exactly ``steps`` items: the batches, then None once they run out."""
+    n = 0
+    for b in batches:
+        if n == steps:
+            return
+        yield b
+        n += 1
+    for _ in range(steps - n):
+        yield None
 
 
 def epoch_seed(seed: int, epoch: int) -> int:
@@ -99,13 +115,15 @@ def fit(
     backend: Backend | None = None,
     checkpoint_dir: Path | None = None,
     resume: bool = False,
-    steps_per_epoch: int | None = None,
     lr_scale: float = 1.0,
+    amp: bool = False,
 ) -> FitResult:
     """Train until early stopping or ``max_epochs``; return metrics of the best epoch's model.
 
-    ``steps_per_epoch``: the number of steps every rank runs per epoch (agreed across ranks
-    so that no rank waits forever on another); None runs each shard to its end.
+    Shards differ in size, and a rank that stopped stepping would leave the others waiting
+    forever in their next allreduce. So all ranks run the same number of steps per epoch (the
+    largest shard's), and a rank whose shard is done steps on empty batches, which add zero
+    gradients: every training row is used exactly once per epoch and no rank hangs.
     """
     backend = backend or SingleProcess()
     start = time.time()
@@ -139,6 +157,7 @@ def fit(
             log.info(
                 "resumed from %s: epoch %d, step %d", last, state["epoch"], state["step_in_epoch"]
             )
+    state = backend.broadcast_object(state)  # ranks without the checkpoint file follow rank 0
     backend.broadcast_state(model, optimizer)
     optimizer = backend.wrap_optimizer(optimizer, model)
     key = conf.early_stop_domain or "pooled"
@@ -155,33 +174,37 @@ def fit(
                 },
             )
 
-    limit = steps_per_epoch
+    steps = backend.allreduce_max(data.train_steps())
     if conf.max_steps_per_epoch:
-        limit = (
-            min(limit, conf.max_steps_per_epoch) if limit is not None else conf.max_steps_per_epoch
-        )
+        steps = min(steps, conf.max_steps_per_epoch)
 
     while not state["done"] and state["epoch"] < conf.max_epochs:
         epoch = state["epoch"]
         model.train()
         t0, rows, loss_sum, loss_n = time.time(), 0, 0.0, 0
-        for i, batch in enumerate(data.train_batches(epoch_seed(conf.seed, epoch))):
-            if limit is not None and i >= limit:
-                break
+        for i, batch in enumerate(_padded(data.train_batches(epoch_seed(conf.seed, epoch)), steps)):
             if i < state["step_in_epoch"]:
                 continue  # done before the interruption
-            batch = batch.to(device)
-            logits, aux = model.forward_train(batch)
-            loss = F.binary_cross_entropy_with_logits(logits, batch.label)
-            total = loss + sum(aux.values()) if aux else loss
-            optimizer.zero_grad(set_to_none=True)
+            if batch is None:  # this shard is done: a zero-gradient step keeps the ranks in step
+                total = sum(p.sum() * 0.0 for p in model.parameters())
+                loss = torch.zeros(())
+                batch_rows = 0
+            else:
+                batch = batch.to(device)
+                batch_rows = len(batch)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                    logits, aux = model.forward_train(batch)
+                loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+                total = loss + sum(aux.values()) if aux else loss
+            optimizer.zero_grad()  # Horovod's wrapper takes no arguments
             total.backward()
             optimizer.step()
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
-            rows += len(batch)
-            loss_sum += float(loss.detach())
-            loss_n += 1
+            rows += batch_rows
+            if batch_rows:
+                loss_sum += float(loss.detach())
+                loss_n += 1
             if conf.checkpoint_every and state["global_step"] % conf.checkpoint_every == 0:
                 save_checkpoint()
             if conf.log_every and state["global_step"] % conf.log_every == 0 and backend.is_main:

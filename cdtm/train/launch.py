@@ -1,0 +1,80 @@
+"""Start training with the backend the config names (``train.backend``).
+
+- ``single``: this process, no Horovod import.
+- ``horovod-spark``: ``horovod.spark.run`` starts ``train.num_proc`` ranks as Spark tasks;
+  each reads its own Petastorm shard of the features version; rank 0 writes the artifact.
+- ``horovodrun``: this process is one rank of a job started by ``horovodrun``.
+
+Horovod's rendezvous and Gloo traffic use the interfaces in ``train.nics`` (``[lo]`` in
+conf/local.yaml: one machine, loopback only).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cdtm.config import Config
+from cdtm.train.job import TrainInputs, TrainResult, resolve_inputs, train_model
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class LaunchResult:
+    model_version: str
+    artifact: Path
+    metrics: dict[str, float | None]
+    processes: int
+    best_epoch: int
+    epochs_run: int
+
+
+def _summary(r: TrainResult, processes: int) -> LaunchResult:
+    return LaunchResult(r.model_version, r.artifact, r.metrics, processes, r.fit.best_epoch, r.fit.epochs_run)
+
+
+def _rank_main(cfg: Config, inputs: TrainInputs, resume: bool) -> LaunchResult:
+    """Runs inside each Horovod process (a Spark task for horovod-spark)."""
+    from cdtm.train.distributed import HorovodBackend
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    backend = HorovodBackend()
+    return _summary(train_model(cfg, inputs=inputs, resume=resume, backend=backend), backend.size)
+
+
+def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> LaunchResult:
+    backend = cfg.train.backend
+    if backend == "single":
+        return _summary(train_model(cfg, resume=resume), 1)
+    inputs = resolve_inputs(cfg)
+    if backend == "horovodrun":
+        return _rank_main(cfg, inputs, resume)
+
+    if spark is None:
+        raise ValueError("train.backend=horovod-spark needs a SparkSession")
+    import horovod.spark
+
+    env = dict(os.environ)
+    if cfg.train.nics:
+        env["HOROVOD_GLOO_IFACE"] = cfg.train.nics[0]
+    log.info("starting %d Horovod processes on Spark executors (nics %s)", cfg.train.num_proc, cfg.train.nics)
+    results: list[Any] = horovod.spark.run(
+        _rank_main,
+        args=(cfg, inputs, resume),
+        num_proc=cfg.train.num_proc,
+        nics=set(cfg.train.nics) if cfg.train.nics else None,
+        env=env,
+        use_gloo=True,
+        stdout=sys.stdout,
+        stderr=sys.stderr,
+        verbose=1,
+    )
+    return results[0]
