@@ -47,7 +47,7 @@ data: setup
 ML1M := --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
 
 # The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check), then CDTM training.
-demo: setup data
+demo: setup horovod data
 	$(PY) jobs/etl.py $(ML1M) --verify
 	$(PY) jobs/train.py $(ML1M) --set model.name=cdtm
 
@@ -58,7 +58,7 @@ benchmark: setup data
 paper: setup data
 	$(PY) jobs/experiment.py paper --out out/paper
 
-test: setup data
+test: setup horovod data
 	$(PY) -m pytest -q tests
 
 test-unit: setup

@@ -276,7 +276,9 @@ class TrainConf:
     max_steps_per_epoch: int = 0  # 0: the whole training split (tiny profiles set it)
     backend: Literal["single", "horovod-spark", "horovodrun"] = "single"
     num_proc: int = 2  # horovod-spark: training processes started on Spark executors
-    nics: list[str] | None = None  # Horovod's interfaces, e.g. [lo] on one machine; None: Horovod picks
+    nics: list[str] | None = (
+        None  # Horovod's interfaces, e.g. [lo] on one machine; None: Horovod picks
+    )
     scale_lr: bool = False  # multiply lr by the number of processes
     amp: bool = False  # bfloat16 autocast (on GPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
@@ -293,6 +295,16 @@ class TrainConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class TrackingConf:
+    """MLflow: a local file store by default; ``databricks`` on a Databricks workspace."""
+
+    enabled: bool = True
+    uri: str = "./mlruns"
+    experiment: str = "cdtm"
+    registered_model: str | None = "cdtm"  # None: log runs but do not register versions
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     lake: LakeConf
     artifacts: ArtifactsConf
@@ -302,6 +314,7 @@ class Config:
     dataset: DatasetConf | None = None
     model: ModelConf = dataclasses.field(default_factory=ModelConf)
     train: TrainConf = dataclasses.field(default_factory=TrainConf)
+    tracking: TrackingConf = dataclasses.field(default_factory=TrackingConf)
 
 
 # --------------------------------------------------------------------------- loading

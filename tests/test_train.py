@@ -226,3 +226,33 @@ def _resume_matches(base: Config, tmp_path: Path) -> None:
     assert result.epochs_run == 2
     for (name, a), (_, b) in zip(straight.state_dict().items(), resumed.state_dict().items()):
         assert torch.equal(a, b), name
+
+
+def test_mlflow_tracks_params_metrics_artifact_and_registers(
+    synthetic_lake, tmp_path: Path
+) -> None:
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    store = tmp_path / "mlruns"
+    cfg = tiny(
+        synthetic_lake[0],
+        "tracking.enabled=true",
+        f"tracking.uri={store}",
+        "tracking.experiment=t",
+        "tracking.registered_model=cdtm-test",
+        "train.max_epochs=2",
+        "train.model_version=tracked",
+    )
+    result = train_model(cfg)
+    mlflow.set_tracking_uri(f"file://{store}")
+    client = MlflowClient()
+    run = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0]
+    assert run.data.params["model.name"] == "cdtm" and run.data.tags["model_version"] == "tracked"
+    assert abs(run.data.metrics["test.auc.pooled"] - result.metrics["test.auc.pooled"]) < 1e-12
+    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
+    assert {"model/weights.pt", "model/manifest.json"} <= {
+        f.path for f in client.list_artifacts(run.info.run_id, "model")
+    }
+    versions = client.search_model_versions("name = 'cdtm-test'")
+    assert [v.run_id for v in versions] == [run.info.run_id]

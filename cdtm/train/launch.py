@@ -38,14 +38,18 @@ class LaunchResult:
 
 
 def _summary(r: TrainResult, processes: int) -> LaunchResult:
-    return LaunchResult(r.model_version, r.artifact, r.metrics, processes, r.fit.best_epoch, r.fit.epochs_run)
+    return LaunchResult(
+        r.model_version, r.artifact, r.metrics, processes, r.fit.best_epoch, r.fit.epochs_run
+    )
 
 
 def _rank_main(cfg: Config, inputs: TrainInputs, resume: bool) -> LaunchResult:
     """Runs inside each Horovod process (a Spark task for horovod-spark)."""
     from cdtm.train.distributed import HorovodBackend
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     backend = HorovodBackend()
     return _summary(train_model(cfg, inputs=inputs, resume=resume, backend=backend), backend.size)
 
@@ -65,7 +69,11 @@ def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> 
     env = dict(os.environ)
     if cfg.train.nics:
         env["HOROVOD_GLOO_IFACE"] = cfg.train.nics[0]
-    log.info("starting %d Horovod processes on Spark executors (nics %s)", cfg.train.num_proc, cfg.train.nics)
+    log.info(
+        "starting %d Horovod processes on Spark executors (nics %s)",
+        cfg.train.num_proc,
+        cfg.train.nics,
+    )
     results: list[Any] = horovod.spark.run(
         _rank_main,
         args=(cfg, inputs, resume),

@@ -186,7 +186,7 @@ def fit(
             if i < state["step_in_epoch"]:
                 continue  # done before the interruption
             if batch is None:  # this shard is done: a zero-gradient step keeps the ranks in step
-                total = sum(p.sum() * 0.0 for p in model.parameters())
+                total = torch.stack([p.sum() for p in model.parameters()]).sum() * 0.0
                 loss = torch.zeros(())
                 batch_rows = 0
             else:

@@ -1,0 +1,139 @@
+"""Horovod on Spark executors (local[2], loopback only): shards, equivalence, stopping, resume."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import functions as F
+
+from cdtm.config import Config, load_config
+from cdtm.lake import Lake
+from cdtm.train.job import LakeData, ReaderConf, TrainInputs, resolve_inputs, train_model
+from cdtm.train.launch import _rank_main
+from tests.conftest import REPO
+
+hvd_spark = pytest.importorskip("horovod.spark", reason="horovod not built: run `make horovod`")
+
+
+def tiny(base: Config, *overrides: str) -> Config:
+    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
+    return load_config(
+        files,
+        [
+            f"lake.root={base.lake.root}",
+            f"artifacts.root={base.artifacts.root}",
+            "train.nics=[lo]",
+            *overrides,
+        ],
+    )
+
+
+def run_on_executors(fn, *args):  # noqa: ANN001, ANN202
+    return hvd_spark.run(
+        fn, args=args, num_proc=2, nics={"lo"}, use_gloo=True, env=dict(os.environ), verbose=0
+    )
+
+
+def _shard_ids(inputs: TrainInputs, seed: int) -> tuple[int, list[int]]:
+    import horovod.torch as hvd
+
+    hvd.init()
+    data = LakeData(inputs, ReaderConf(batch_size=512), hvd.rank(), hvd.size())
+    ids = [int(i) for b in data.train_batches(seed) for i in b.row_id]
+    return hvd.rank(), ids
+
+
+def test_each_rank_reads_a_disjoint_shard_and_together_every_row(spark, synthetic_lake) -> None:
+    cfg = tiny(synthetic_lake[0])
+    inputs = resolve_inputs(cfg)
+    results = dict(run_on_executors(_shard_ids, inputs, 7))
+    a, b = np.array(results[0]), np.array(results[1])
+    assert len(a) and len(b) and len(np.intersect1d(a, b)) == 0
+    train = Lake(cfg.lake.root).read(spark, "features").where(F.col("split") == "train")
+    assert sorted(np.concatenate([a, b]).tolist()) == sorted(
+        r[0] for r in train.select("row_id").collect()
+    )
+
+
+def test_two_processes_match_one_and_agree_on_stopping(spark, synthetic_lake) -> None:
+    cfg = tiny(synthetic_lake[0], "train.max_epochs=4", "train.patience=1", "train.plots=false")
+    single = train_model(cfg)
+    two = tiny(
+        synthetic_lake[0],
+        "train.max_epochs=4",
+        "train.patience=1",
+        "train.plots=false",
+        "train.model_version=hvd2",
+    )
+    ranks = run_on_executors(_rank_main, two, resolve_inputs(two), False)
+    assert [r.processes for r in ranks] == [2, 2]
+    assert ranks[0].epochs_run == ranks[1].epochs_run and ranks[0].best_epoch == ranks[1].best_epoch
+    assert ranks[0].metrics == ranks[1].metrics  # metrics are computed on the gathered shards
+    assert ranks[0].metrics["valid.rows.pooled"] == single.metrics["valid.rows.pooled"]
+    assert abs(ranks[0].metrics["valid.auc.pooled"] - single.metrics["valid.auc.pooled"]) < 0.005
+    assert (Path(cfg.artifacts.root) / "hvd2" / "manifest.json").is_file()  # rank 0 wrote it
+
+
+def test_killed_horovod_run_resumes(synthetic_lake, tmp_path: Path) -> None:
+    cfg = synthetic_lake[0]
+    args = [
+        sys.executable,
+        "jobs/train.py",
+        "--config",
+        "conf/local.yaml",
+        "--config",
+        "conf/profiles/tiny.yaml",
+        "--set",
+        f"lake.root={cfg.lake.root}",
+        "--set",
+        f"artifacts.root={tmp_path / 'art'}",
+        "--set",
+        "train.backend=horovod-spark",
+        "--set",
+        "train.num_proc=2",
+        "--set",
+        "train.nics=[lo]",
+        "--set",
+        "spark.master=local[2]",
+        "--set",
+        "train.max_epochs=3",
+        "--set",
+        "train.patience=5",
+        "--set",
+        "train.checkpoint_every=10",
+        "--set",
+        "train.model_version=resumed",
+    ]
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    proc = subprocess.Popen(
+        args,
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    ckpt = tmp_path / "art" / "_checkpoints"
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(ckpt.glob("*/last.pt")):
+        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
+        time.sleep(0.5)
+    assert list(ckpt.glob("*/last.pt")), "no checkpoint within 240 s"
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and the Horovod ranks
+    proc.wait()
+    assert not (tmp_path / "art" / "resumed").exists()
+
+    done = subprocess.run(
+        [*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "resumed from" in done.stderr
+    assert (tmp_path / "art" / "resumed" / "manifest.json").is_file()
