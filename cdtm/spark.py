@@ -53,11 +53,14 @@ def _java_version(java: str) -> int | None:
 
 
 def build_session(conf: SparkConf, extra: dict[str, str] | None = None) -> SparkSession:
-    """A SparkSession from config. ``master: ""`` takes the session a cluster already provides."""
+    """A SparkSession from config. ``master: ""``, or running under spark-submit, leaves the
+    master to the cluster / spark-submit."""
     from pyspark.sql import SparkSession
 
     builder = SparkSession.builder.appName(conf.app_name)
-    if conf.master:
+    # Under spark-submit (which starts the JVM first and passes PYSPARK_GATEWAY_PORT), its
+    # --master and --conf decide; spark.master from our config applies to plain `python jobs/...`.
+    if conf.master and not os.environ.get("PYSPARK_GATEWAY_PORT"):
         ensure_java()
         builder = builder.master(conf.master)
         if conf.master.startswith("local"):

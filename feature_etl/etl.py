@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdtm.config import Config, DatasetConf
-from cdtm.lake import Lake
+from cdtm.lake import Lake, WriteResult
 from cdtm.spec import SPEC_COLUMNS, DenseSpec, FeatureSpec, FieldSpec, read_feature_spec
 from feature_etl.sources import read_events
 from feature_etl.split import assign_split
@@ -154,6 +154,10 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     lake = Lake(cfg.lake.root, cfg.lake.engine)
     log.info("ETL %s for ds=%s -> %s", dataset.name, ds, lake.root)
 
+    def write_day(table: str, df: DataFrame) -> WriteResult:
+        """Replace day ``ds`` of ``table`` in one commit."""
+        return lake.write(spark, df, table, mode="overwrite_day", partition_by=["ds"], ds=ds)
+
     checked = validate(read_events(spark, dataset, ds), dataset).persist(
         StorageLevel.MEMORY_AND_DISK
     )
@@ -169,14 +173,7 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         versions: dict[str, int] = {}
         rate = (input_rows - accepted_rows) / input_rows
         if rate > cfg.etl.max_reject_rate:
-            res = lake.write(
-                spark,
-                to_rejects(checked, ds),
-                REJECTS,
-                mode="overwrite_day",
-                partition_by=["ds"],
-                ds=ds,
-            )
+            res = write_day(REJECTS, to_rejects(checked, ds))
             detail = ", ".join(f"{r}={n:,}" for r, n in rejected.items() if n)
             raise EtlError(
                 f"ds={ds}: {rate:.2%} of {input_rows:,} input rows rejected, above etl.max_reject_rate="
@@ -217,17 +214,8 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         features = to_features(apply_vocab(accepted, vocab, dataset.fields), dataset, ds)
         if cfg.etl.output_partitions > 0:
             features = features.repartition(cfg.etl.output_partitions)
-        written = lake.write(
-            spark, features, FEATURES, mode="overwrite_day", partition_by=["ds"], ds=ds
-        )
-        rejects = lake.write(
-            spark,
-            to_rejects(checked, ds),
-            REJECTS,
-            mode="overwrite_day",
-            partition_by=["ds"],
-            ds=ds,
-        )
+        written = write_day(FEATURES, features)
+        rejects = write_day(REJECTS, to_rejects(checked, ds))
         versions[FEATURES], versions[REJECTS] = written.version, rejects.version
 
         if written.rows + rejects.rows != input_rows or written.rows != accepted_rows:

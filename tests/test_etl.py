@@ -215,3 +215,24 @@ def test_movielens_1m_benchmark_domains(
     # The Scenario-Wise-Rec benchmark's published domain sizes (see shared design MODEL.md).
     assert report.domain_rows == {"0": 210_747, "1": 395_556, "2": 393_906}
     assert report.input_rows == report.accepted_rows == 1_000_209
+
+
+def test_vocab_reuse_indexes_a_new_day_with_the_stored_vocabulary(spark, ml100k) -> None:
+    cfg, _ = ml100k
+    lake = Lake(cfg.lake.root)
+    vocab_version = lake.version("vocab")
+    day2 = lake_config(
+        Path(cfg.lake.root), "movielens-100k", "run.ds=2024-03-02", "etl.vocab=reuse"
+    )
+    report = run_etl(spark, day2)
+    assert report.versions["vocab"] == vocab_version == lake.version("vocab")  # not rebuilt
+    features = lake.read(spark, "features")
+    assert {r["ds"] for r in features.select("ds").distinct().collect()} == {
+        "2024-03-01",
+        "2024-03-02",
+    }
+    # The same raw row gets the same indices on both days.
+    cols = ["row_id", "f_user_id", "f_movie_id", "f_zip"]
+    a = features.where("ds = '2024-03-01'").select(*cols)
+    b = features.where("ds = '2024-03-02'").select(*cols)
+    assertDataFrameEqual(a, b)

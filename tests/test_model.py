@@ -165,3 +165,12 @@ def test_combination_uses_dse_alone_for_domain_only_fields() -> None:
     rows = batch.fields[:, 0] > 0
     expected = 0.5 * parts["e"][rows, 0] + 0.5 * parts["m"][rows, 0]  # A = 0.5 at init
     assert torch.allclose(z[rows, 0], expected)
+
+
+def test_attention_init_sets_the_starting_weight_on_dse() -> None:
+    model = CDTM(SPEC, conf(cdtm={"attention_init": 0.1}))
+    _, parts = model.combine(toy_batch())
+    assert torch.allclose(parts["a"], torch.full_like(parts["a"], 0.1))
+    fixed = CDTM(SPEC, conf(cdtm={"attention": "none", "attention_init": 0.2}))
+    _, parts = fixed.combine(toy_batch())
+    assert torch.all(parts["a"] == 0.2)

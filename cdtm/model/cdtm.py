@@ -4,13 +4,15 @@ For a row of domain d with fields F_d, transferable fields C_d:
   e_f = DSE_d[f](x_f)                     domain-specific embedding, every f in F_d
   g_f = GSE[f](x_f)                       global shared embedding, f in C_d
   m_f = T_d g_f                           transfer matrix, k x k per domain (init I)
-  A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (init 0 -> A = 0.5)
+  A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (V1 = 0, A = attention_init at init)
   z_f = A_f * e_f + (1 - A_f) * m_f       f in C_d;  z_f = e_f for f in F_d \\ C_d
   logit = tower_d(bottom(concat(z, dense)))
 Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -67,18 +69,23 @@ class TransferMatrix(nn.Module):
 
 
 class CombinationAttention(nn.Module):
-    """A = sigmoid(V1_d [e; m] + b1_d), per dimension (k) or a scalar per field; V1 = b1 = 0 at init."""
+    """A = sigmoid(V1_d [e; m] + b1_d), per dimension (k) or a scalar per field.
 
-    def __init__(self, n_domains: int, dim: int, mode: str) -> None:
+    V1 = 0 and b1 = logit(init) at the start, so A = init everywhere (0.5: an even mix).
+    """
+
+    def __init__(self, n_domains: int, dim: int, mode: str, init: float = 0.5) -> None:
         super().__init__()
         self.fixed = mode == "none"
+        self.init = init
         out = 1 if mode == "scalar" else dim
+        bias = torch.full((n_domains, out), math.log(init / (1 - init)))
         self.V1 = nn.Parameter(torch.zeros(n_domains, out, 2 * dim), requires_grad=not self.fixed)
-        self.b1 = nn.Parameter(torch.zeros(n_domains, out), requires_grad=not self.fixed)
+        self.b1 = nn.Parameter(bias, requires_grad=not self.fixed)
 
     def forward(self, e: torch.Tensor, m: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         if self.fixed:
-            return torch.full_like(e[..., :1], 0.5)
+            return torch.full_like(e[..., :1], self.init)
         h0 = torch.cat([e, m], dim=-1)  # [B, F, 2k]
         return torch.sigmoid(
             torch.einsum("boj,bfj->bfo", self.V1[domain], h0) + self.b1[domain][:, None, :]
@@ -97,7 +104,9 @@ class CDTM(CTRModel):
         if self.use_gse:
             self.gse = GlobalSharedEmbedding(spec, k, conf.embed_init_std)
             self.transfer = TransferMatrix(len(spec.domains), len(spec.fields), k, c.transfer)
-            self.attention = CombinationAttention(len(spec.domains), k, c.attention)
+            self.attention = CombinationAttention(
+                len(spec.domains), k, c.attention, c.attention_init
+            )
         self.register_buffer(
             "transferable",
             torch.tensor([f.transferable for f in spec.fields], dtype=torch.bool),
