@@ -253,6 +253,7 @@ def fit(
         save_checkpoint()
 
     model.load_state_dict(best_state)
+    backend.broadcast_state(model, optimizer)  # after a resume only rank 0 may have read best.pt
     valid = evaluate(model, data.eval_batches("valid"), domains, device, backend)
     test = evaluate(model, data.eval_batches("test"), domains, device, backend)
     return FitResult(
