@@ -72,13 +72,13 @@ def paper_variants(
         out.append(Variant("task2", f"{m}:all-sources", (*common, f"model.name={m}")))
     if "cdtm" in models:
         ablations = {
-            "cdtm:no-attention": "model.cdtm.attention=none",
+            "cdtm:no-attention": "model.cdtm.attention=none model.cdtm.attention_init=0.5",
             "cdtm:no-transfer": "model.cdtm.transfer=identity",
             "cdtm:no-gse": "model.cdtm.gse=false",
             "cdtm:no-align": "model.cdtm.align_weight=0",
         }
         for label, ov in ablations.items():
-            out.append(Variant("task3", label, (*common, "model.name=cdtm", ov)))
+            out.append(Variant("task3", label, (*common, "model.name=cdtm", *ov.split())))
     return out
 
 

@@ -131,7 +131,7 @@ def test_ablation_switches_change_exactly_what_they_say() -> None:
         "dse.table.weight",
     } <= names
 
-    no_att = CDTM(SPEC, conf(cdtm={"attention": "none"}))
+    no_att = CDTM(SPEC, conf(cdtm={"attention": "none", "attention_init": 0.5}))
     assert {n for n, p in no_att.named_parameters() if p.requires_grad} == names - {
         "attention.V1",
         "attention.b1",
@@ -157,7 +157,7 @@ def test_ablation_switches_change_exactly_what_they_say() -> None:
 
 def test_combination_uses_dse_alone_for_domain_only_fields() -> None:
     torch.manual_seed(0)
-    model = CDTM(SPEC, conf())
+    model = CDTM(SPEC, conf(cdtm={"attention_init": 0.5}))
     batch = toy_batch()
     z, parts = model.combine(batch)
     ctx = 2
