@@ -1,0 +1,59 @@
+"""Experiment definitions and result summaries (no training)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cdtm.config import load_config
+from cdtm.experiments import paper_variants, summarize, write_report
+from tests.conftest import REPO
+
+
+def test_paper_variants_cover_tasks_1_to_3_with_a_sparse_target() -> None:
+    variants = paper_variants(
+        ["0", "1", "2"], target="0", fraction=0.1, models=["cdtm", "dnn_single"]
+    )
+    labels = [(v.experiment, v.label) for v in variants]
+    assert labels == [
+        ("task1", "dnn_single:target-only"),
+        ("task1", "cdtm:0+1"),
+        ("task1", "cdtm:0+2"),
+        ("task2", "cdtm:all-sources"),
+        ("task3", "cdtm:no-attention"),
+        ("task3", "cdtm:no-transfer"),
+        ("task3", "cdtm:no-gse"),
+        ("task3", "cdtm:no-align"),
+    ]
+    base = [REPO / "conf" / "local.yaml"]
+    for v in variants:  # every variant is a valid config
+        cfg = load_config(base, list(v.overrides))
+        assert cfg.train.domain_fraction == {"0": 0.1} and cfg.train.early_stop_domain == "0"
+    by = {v.label: load_config(base, list(v.overrides)) for v in variants}
+    assert by["cdtm:0+2"].train.train_domains == ["0", "2"]
+    assert by["dnn_single:target-only"].train.train_domains == ["0"]
+    assert by["cdtm:no-attention"].model.cdtm.attention == "none"
+    assert by["cdtm:no-attention"].model.cdtm.attention_init == 0.5  # the paper's A = 0.5 fixed
+    assert by["cdtm:no-transfer"].model.cdtm.transfer == "identity"
+    assert by["cdtm:no-gse"].model.cdtm.gse is False
+    assert by["cdtm:no-align"].model.cdtm.align_weight == 0.0
+
+
+def test_summary_means_and_stds_and_report(tmp_path: Path) -> None:
+    def run(seed: int, auc: float) -> dict:
+        m = {"auc": {"pooled": auc, "0": auc - 0.01}, "logloss": {"pooled": 0.5, "0": 0.5}}
+        return {
+            "experiment": "benchmark",
+            "model": "cdtm",
+            "seed": seed,
+            "valid": m,
+            "test": m,
+            "seconds": 60.0,
+        }
+
+    summary = summarize([run(0, 0.80), run(1, 0.82), run(2, 0.84)])
+    s = summary["benchmark"]["cdtm"]["test.auc.pooled"]
+    assert abs(s["mean"] - 0.82) < 1e-12 and abs(s["std"] - 0.02) < 1e-12 and s["n"] == 3
+    write_report({"runs": [], "summary": summary}, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert "| cdtm | 3 | 0.8200 +- 0.0200 | 0.8100 +- 0.0200 | 1.0 |" in md
+    assert (tmp_path / "results.png").stat().st_size > 1000
