@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
 
 from cdtm.config import Config, ConfigError, load_config
 
@@ -40,8 +39,7 @@ def load(args: argparse.Namespace) -> Config:
         raise SystemExit(2) from None
 
 
-def setup_logging(argv: Sequence[str] | None = None) -> None:
-    del argv
+def setup_logging() -> None:
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -155,7 +155,7 @@ def _join_side(
         if extra
         else F.lit(1).alias("_side")
     )
-    marker = f"_matched_{abs(hash(path)) % 10**8}"
+    marker = "_matched"  # dropped again below
     side = side.withColumn(marker, F.lit(True))
     joined = events.join(side, on=join.on, how="left")
     cols = [F.col(c) for c in events.columns if c != "_unmatched"]

@@ -78,12 +78,13 @@ def write_table(
     if exists:
         _check_schema(root, schema, partition_by)
 
-    os.makedirs(root, exist_ok=True) if "://" not in root else None
-    txn = uuid.uuid4().hex
+    local = "://" not in root
+    if local:
+        os.makedirs(root, exist_ok=True)
     writer = partial(
         write_files,
-        root=os.path.abspath(root) if "://" not in root else root,
-        txn=txn,
+        root=os.path.abspath(root) if local else root,
+        txn=uuid.uuid4().hex,
         partition_by=partition_by,
         schema=schema,
         only_partition={"ds": ds} if mode == "overwrite_day" and ds is not None else None,
