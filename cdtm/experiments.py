@@ -163,9 +163,7 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     summary = results.get("summary") or summarize(results["runs"])
     lines = ["# Results", "", "Test AUC, mean +- std over seeds (n = number of seeds).", ""]
     for exp, models in summary.items():
-        names = [
-            k.split(".", 2)[2] for k in next(iter(models.values())) if k.startswith("test.auc.")
-        ]
+        names = _columns(models)
         lines += [
             f"## {exp}",
             "",
@@ -188,6 +186,12 @@ def write_report(results: dict[str, Any], out: Path) -> None:
     _chart(summary, out / "results.png")
 
 
+def _columns(models: dict[str, Any]) -> list[str]:
+    """Metric columns: pooled first, then the domains in order."""
+    names = {k.split(".", 2)[2] for st in models.values() for k in st if k.startswith("test.auc.")}
+    return ["pooled", *sorted(names - {"pooled"})] if "pooled" in names else sorted(names)
+
+
 def _chart(summary: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -197,9 +201,7 @@ def _chart(summary: dict[str, Any], path: Path) -> None:
     panels = list(summary.items())
     fig, axes = plt.subplots(len(panels), 1, figsize=(11, 3.6 * len(panels)), squeeze=False)
     for ax, (exp, models) in zip(axes[:, 0], panels):
-        names = [
-            k.split(".", 2)[2] for k in next(iter(models.values())) if k.startswith("test.auc.")
-        ]
+        names = _columns(models)
         width = 0.8 / max(len(models), 1)
         lows = []
         for i, (model, st) in enumerate(models.items()):
