@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
             {
                 "model_version": result.model_version,
                 "artifact": str(result.artifact),
+                "processes": result.processes,
+                "best_epoch": result.best_epoch,
                 **result.metrics,
             },
             indent=2,
