@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     spark = build_session(cfg.spark) if cfg.train.backend == "horovod-spark" else None
     try:
         result = launch(spark, cfg, resume=args.resume)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, RuntimeError) as e:
         print(f"train failed: {e}", file=sys.stderr)
         return 1
     print(

@@ -64,7 +64,13 @@ def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> 
 
     if spark is None:
         raise ValueError("train.backend=horovod-spark needs a SparkSession")
-    import horovod.spark
+    try:
+        import horovod.spark
+    except ImportError as e:
+        raise RuntimeError(
+            "train.backend=horovod-spark needs Horovod: run `make horovod`, or train in one "
+            f"process with --set train.backend=single ({e})"
+        ) from e
 
     env = dict(os.environ)
     if cfg.train.nics:
