@@ -315,6 +315,12 @@ class TrackingConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class ScoringConf:
+    model: str = "latest"  # latest | a model_version folder name | alias:<MLflow alias>
+    table: str = "features"  # lake table whose rows of run.ds are scored
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     lake: LakeConf
     artifacts: ArtifactsConf
@@ -325,6 +331,7 @@ class Config:
     model: ModelConf = dataclasses.field(default_factory=ModelConf)
     train: TrainConf = dataclasses.field(default_factory=TrainConf)
     tracking: TrackingConf = dataclasses.field(default_factory=TrackingConf)
+    scoring: ScoringConf = dataclasses.field(default_factory=ScoringConf)
 
 
 # --------------------------------------------------------------------------- loading

@@ -32,6 +32,16 @@ def tracking_uri(uri: str) -> str:
     return "file://" + str(Path(uri).resolve())
 
 
+def use_tracking(cfg: Config) -> None:
+    """Point MLflow at ``tracking.uri`` (opting in to the local file store where it is one)."""
+    import mlflow
+
+    uri = tracking_uri(cfg.tracking.uri)
+    if uri.startswith("file:"):
+        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    mlflow.set_tracking_uri(uri)
+
+
 def track(
     cfg: Config,
     model_version: str,
@@ -42,13 +52,10 @@ def track(
     """Log one run; returns the MLflow run id (None when tracking is off)."""
     if not cfg.tracking.enabled:
         return None
-    uri = tracking_uri(cfg.tracking.uri)
-    if uri.startswith("file:"):
-        os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    mlflow.set_tracking_uri(uri)
+    use_tracking(cfg)
     mlflow.set_experiment(cfg.tracking.experiment)
     params = _flat(
         "", {"model": to_dict(cfg.model), "train": to_dict(cfg.train), "ds": cfg.run.ds}, {}

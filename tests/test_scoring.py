@@ -1,0 +1,93 @@
+"""Batch scoring on executors: equal to in-process predictions, idempotent, safe on mismatch."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from cdtm.config import Config, load_config
+from cdtm.lake import Lake
+from cdtm.scoring import ScoringError, score_day
+from cdtm.scoring.executor import batch_from_pandas
+from cdtm.train.artifacts import load_artifact, seal
+from cdtm.train.job import train_model
+from tests.conftest import REPO
+
+
+def config(base: Config, *overrides: str) -> Config:
+    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
+    return load_config(
+        files,
+        [
+            f"lake.root={base.lake.root}",
+            f"artifacts.root={Path(base.lake.root).parent / 'score-art'}",
+            "run.ds=2024-03-01",
+            *overrides,
+        ],
+    )
+
+
+@pytest.fixture(scope="module")
+def trained(ml100k):
+    cfg = config(ml100k[0], "train.max_epochs=1", "train.model_version=scorer", "train.plots=false")
+    train_model(cfg)
+    return cfg
+
+
+def test_scores_equal_in_process_predictions_and_rerun_is_identical(spark, trained) -> None:
+    cfg = trained
+    report = score_day(spark, cfg)
+    lake = Lake(cfg.lake.root)
+    features = lake.read(spark, "features").where(F.col("ds") == cfg.run.ds)
+    assert report.rows == features.count() and report.model_version == "scorer"
+    assert sum(report.rows_per_domain.values()) == report.rows
+
+    model, spec, _ = load_artifact(Path(cfg.artifacts.root) / "scorer")
+    rows = features.toPandas()
+    with torch.no_grad():
+        expected = torch.sigmoid(model(batch_from_pandas(rows, spec))).double().numpy()
+    scores = lake.read(spark, "scores").where(F.col("ds") == cfg.run.ds).toPandas()
+    got = rows[["row_id"]].merge(scores, on="row_id", how="left")
+    assert got["score"].notna().all() and len(scores) == len(rows)
+    assert np.max(np.abs(got["score"].to_numpy() - expected)) < 1e-5
+    assert set(scores["domain"]) == set(spec.domains) and set(scores["model_version"]) == {"scorer"}
+
+    v = lake.version("scores")
+    score_day(spark, cfg)
+    cols = ["ds", "row_id", "domain", "user_key", "item_key", "score", "model_version"]
+    assertDataFrameEqual(
+        lake.read(spark, "scores", v).select(*cols), lake.read(spark, "scores").select(*cols)
+    )
+
+
+def test_mismatched_or_tampered_model_is_refused_without_a_write(
+    spark, trained, tmp_path: Path
+) -> None:
+    cfg = trained
+    lake = Lake(cfg.lake.root)
+    before = lake.version("scores") if lake.exists("scores") else None
+    root = Path(cfg.artifacts.root)
+    bad = root / "mismatched"
+    shutil.copytree(root / "scorer", bad)
+    spec = json.loads((bad / "feature_spec.json").read_text())
+    spec["fields"][0]["vocab_size"] += 5
+    (bad / "feature_spec.json").write_text(json.dumps(spec))
+    seal(bad)  # a consistent artifact, but for another vocabulary
+    with pytest.raises(
+        ScoringError, match="does not match the lake's feature spec: fields/vocabulary sizes"
+    ):
+        score_day(spark, config(cfg, "scoring.model=mismatched"))
+    (bad / "model.json").write_text("{}")  # tampered after sealing
+    with pytest.raises(ScoringError, match="model.json does not match its SHA-256"):
+        score_day(spark, config(cfg, "scoring.model=mismatched"))
+    with pytest.raises(ScoringError, match="no artifact at"):
+        score_day(spark, config(cfg, "scoring.model=nope"))
+    after = lake.version("scores") if lake.exists("scores") else None
+    assert after == before
