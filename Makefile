@@ -47,10 +47,13 @@ data: setup
 
 ML1M := --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
 
-# The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check), then CDTM training.
+# The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check),
+# CDTM training (2 Horovod ranks on Spark), scoring of the day, and SQL over the scores table.
 demo: setup horovod data
 	$(PY) jobs/etl.py $(ML1M) --verify
 	$(PY) jobs/train.py $(ML1M) --set model.name=cdtm
+	$(PY) jobs/score.py $(ML1M)
+	$(PY) jobs/sql.py $(ML1M) --file conf/sql/score_distribution.sql
 
 # The public benchmark and the paper's tasks (long: see README for times).
 benchmark: setup data

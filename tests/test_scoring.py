@@ -91,3 +91,24 @@ def test_mismatched_or_tampered_model_is_refused_without_a_write(
         score_day(spark, config(cfg, "scoring.model=nope"))
     after = lake.version("scores") if lake.exists("scores") else None
     assert after == before
+
+
+@pytest.mark.parametrize("name", ["top_items_per_user", "score_distribution", "calibration"])
+def test_shipped_queries_give_the_same_answer_in_spark_and_delta_rs(
+    spark, trained, name: str
+) -> None:
+    from cdtm.sql import run_sql
+
+    cfg = trained
+    if not Lake(cfg.lake.root).exists("scores"):
+        score_day(spark, cfg)
+    query = (REPO / "conf" / "sql" / f"{name}.sql").read_text()
+    a = run_sql(spark, cfg, query, "spark")
+    b = run_sql(None, cfg, query, "delta-rs")
+    assert len(a) > 0 and list(a.columns) == list(b.columns)
+    a, b = a.reset_index(drop=True), b.reset_index(drop=True)
+    for col in a.columns:
+        if a[col].dtype.kind == "f":
+            assert np.allclose(a[col].to_numpy(), b[col].to_numpy(), atol=1e-6), col
+        else:
+            assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
