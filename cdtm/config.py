@@ -321,6 +321,13 @@ class ScoringConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class PipelineConf:
+    train: Literal["always", "reuse"] = (
+        "always"  # reuse: the current model (trains if there is none)
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     lake: LakeConf
     artifacts: ArtifactsConf
@@ -332,6 +339,7 @@ class Config:
     train: TrainConf = dataclasses.field(default_factory=TrainConf)
     tracking: TrackingConf = dataclasses.field(default_factory=TrackingConf)
     scoring: ScoringConf = dataclasses.field(default_factory=ScoringConf)
+    pipeline: PipelineConf = dataclasses.field(default_factory=PipelineConf)
 
 
 # --------------------------------------------------------------------------- loading
