@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup horovod data demo benchmark paper test test-unit lint clean
+.PHONY: setup horovod data demo benchmark paper dist test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -72,6 +72,14 @@ lint: setup
 	$(VENV)/bin/ruff check cdtm feature_etl jobs tests
 	$(VENV)/bin/ruff format --check cdtm feature_etl jobs tests
 	$(VENV)/bin/mypy
+
+# What spark-submit --py-files needs on a cluster: the library as a wheel and as a zip, plus conf/.
+dist: setup
+	rm -rf dist && mkdir -p dist
+	$(PY) -m pip wheel --no-deps -q -w dist .
+	$(PY) -m zipfile -c dist/cdtm_pyfiles.zip cdtm feature_etl
+	tar -czf dist/conf.tar.gz conf
+	@ls -l dist
 
 clean:
 	rm -rf lake artifacts spark-warehouse .pytest_cache

@@ -1,0 +1,169 @@
+"""spark-submit of the nightly pipeline to a real Spark standalone cluster on 127.0.0.1.
+
+A master and a worker are started from the pip pyspark distribution (``bin/spark-class``),
+the job ships the library with ``--py-files``, and the test stops both processes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyspark
+import pytest
+
+from cdtm.lake import query
+from tests.conftest import REPO
+
+SPARK_HOME = Path(pyspark.__file__).parent
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(path: Path, text: str, proc: subprocess.Popen, seconds: float = 90) -> None:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if path.exists() and text in path.read_text(errors="replace"):
+            return
+        assert proc.poll() is None, path.read_text(errors="replace")[-3000:]
+        time.sleep(0.5)
+    raise AssertionError(
+        f"{text!r} not in {path} after {seconds}s:\n" + path.read_text(errors="replace")[-3000:]
+    )
+
+
+@pytest.fixture()
+def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    env = {
+        **os.environ,
+        "SPARK_HOME": str(SPARK_HOME),
+        "SPARK_LOCAL_IP": "127.0.0.1",
+        "PYSPARK_PYTHON": sys.executable,
+        "PYSPARK_DRIVER_PYTHON": sys.executable,
+        "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+    }
+    port = free_port()
+    url = f"spark://127.0.0.1:{port}"
+    spark_class = str(SPARK_HOME / "bin" / "spark-class")
+    logs = {name: tmp_path / f"{name}.log" for name in ("master", "worker")}
+    procs: list[subprocess.Popen] = []
+    try:
+        with open(logs["master"], "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.master.Master",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(port),
+                        "--webui-port",
+                        str(free_port()),
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        wait_for(logs["master"], "I have been elected leader", procs[0])
+        with open(logs["worker"], "w") as out:
+            procs.append(
+                subprocess.Popen(
+                    [
+                        spark_class,
+                        "org.apache.spark.deploy.worker.Worker",
+                        url,
+                        "--host",
+                        "127.0.0.1",
+                        "--cores",
+                        "2",
+                        "--memory",
+                        "3g",
+                        "--webui-port",
+                        str(free_port()),
+                        "--work-dir",
+                        str(tmp_path / "work"),
+                    ],
+                    env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                )
+            )
+        wait_for(logs["worker"], "Successfully registered with master", procs[1])
+        yield url, env
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+                p.wait()
+
+
+def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) -> None:
+    url, env = cluster
+    pyfiles = tmp_path / "cdtm_pyfiles.zip"
+    with zipfile.ZipFile(pyfiles, "w") as zf:
+        for pkg in ("cdtm", "feature_etl"):
+            for f in (REPO / pkg).rglob("*.py"):
+                zf.write(f, f.relative_to(REPO))
+    lake = tmp_path / "lake"
+    cmd = [
+        str(SPARK_HOME / "bin" / "spark-submit"),
+        "--master",
+        url,
+        "--conf",
+        "spark.driver.host=127.0.0.1",
+        "--conf",
+        "spark.driver.bindAddress=127.0.0.1",
+        "--conf",
+        "spark.ui.enabled=false",
+        "--conf",
+        "spark.executor.memory=2g",
+        "--py-files",
+        str(pyfiles),
+        "jobs/pipeline.py",
+        "--config",
+        "conf/local.yaml",
+        "--config",
+        "conf/datasets/synthetic.yaml",
+        "--config",
+        "conf/profiles/tiny.yaml",
+        "--set",
+        f"lake.root={lake}",
+        "--set",
+        f"artifacts.root={tmp_path / 'art'}",
+        "--set",
+        "train.backend=single",
+        "--set",
+        "dataset.source.synthetic.rows=3000",
+        "--set",
+        "train.max_epochs=1",
+        "--ds",
+        "2024-06-01",
+    ]
+    done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "Asked to launch executor" in (tmp_path / "worker.log").read_text()  # ran on the worker
+    rows = query(
+        "SELECT ds, COUNT(*) AS n FROM s GROUP BY ds", {"s": str(lake / "scores")}
+    ).to_pylist()
+    assert rows == [{"ds": "2024-06-01", "n": 3000}]
+    assert (lake / "_pipeline" / "2024-06-01.json").is_file()
