@@ -62,7 +62,14 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             "reject_rate": round(etl.reject_rate, 6),
         },
         "rows_scored_per_domain": scored.rows_per_domain,
-        "score_mean_per_domain": scored.score_mean_per_domain,
+        "score_distribution_per_domain": {
+            d: {
+                "min": scored.score_min_per_domain[d],
+                "mean": m,
+                "max": scored.score_max_per_domain[d],
+            }
+            for d, m in scored.score_mean_per_domain.items()
+        },
         "tables": {**etl.versions, "scores": scored.version},
     }
     out = Path(cfg.lake.root) / "_pipeline" / f"{ds}.json"

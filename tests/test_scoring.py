@@ -112,3 +112,30 @@ def test_shipped_queries_give_the_same_answer_in_spark_and_delta_rs(
             assert np.allclose(a[col].to_numpy(), b[col].to_numpy(), atol=1e-6), col
         else:
             assert a[col].astype(str).tolist() == b[col].astype(str).tolist(), col
+
+
+def test_model_chosen_by_mlflow_alias(spark, ml100k, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    tracking = [
+        f"tracking.uri={tmp_path / 'mlruns'}",
+        "tracking.enabled=true",
+        "tracking.registered_model=cdtm-alias",
+    ]
+    cfg = config(
+        ml100k[0],
+        "train.max_epochs=1",
+        "train.model_version=aliased",
+        "train.plots=false",
+        *tracking,
+    )
+    train_model(cfg)
+    client = MlflowClient()
+    version = client.search_model_versions("name = 'cdtm-alias'")[0].version
+    client.set_registered_model_alias("cdtm-alias", "champion", version)
+    report = score_day(spark, config(ml100k[0], "scoring.model=alias:champion", *tracking))
+    assert report.model_version == "aliased"
+    assert (
+        min(report.score_min_per_domain.values()) >= 0.0
+        and max(report.score_max_per_domain.values()) <= 1.0
+    )

@@ -40,6 +40,8 @@ class ScoreReport:
     rows: int
     rows_per_domain: dict[str, int]
     score_mean_per_domain: dict[str, float]
+    score_min_per_domain: dict[str, float]
+    score_max_per_domain: dict[str, float]
     version: int
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +127,8 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     scores = rows.select(*needed).mapInPandas(fn, SCORE_COLUMNS)
     res = lake.write(spark, scores, SCORES, mode="overwrite_day", partition_by=["ds"], ds=ds)
     stats = lake.query(
-        f"SELECT domain, COUNT(*) AS n, AVG(score) AS mean FROM {SCORES} WHERE ds = '{ds}' GROUP BY domain ORDER BY domain",
+        f"SELECT domain, COUNT(*) AS n, AVG(score) AS mean, MIN(score) AS lo, MAX(score) AS hi "
+        f"FROM {SCORES} WHERE ds = '{ds}' GROUP BY domain ORDER BY domain",
         [SCORES],
     ).to_pylist()
     report = ScoreReport(
@@ -135,6 +138,8 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         rows=res.rows,
         rows_per_domain={r["domain"]: int(r["n"]) for r in stats},
         score_mean_per_domain={r["domain"]: round(float(r["mean"]), 6) for r in stats},
+        score_min_per_domain={r["domain"]: round(float(r["lo"]), 6) for r in stats},
+        score_max_per_domain={r["domain"]: round(float(r["hi"]), 6) for r in stats},
         version=res.version,
     )
     log.info(
