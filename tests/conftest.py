@@ -74,6 +74,16 @@ def lake_config(lake_root: Path, dataset: str, *overrides: str, profile: bool = 
     )
 
 
+def tiny_config(base, *overrides: str):  # noqa: ANN001, ANN201
+    """The tiny profile over the lake and artifacts folder of ``base`` (later overrides win)."""
+    from cdtm.config import load_config
+
+    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
+    return load_config(
+        files, [f"lake.root={base.lake.root}", f"artifacts.root={base.artifacts.root}", *overrides]
+    )
+
+
 @pytest.fixture(scope="session")
 def ml100k(spark, movielens_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     """MovieLens-100K through the ETL once per session: (config, report)."""

@@ -13,26 +13,13 @@ import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
-from cdtm.config import Config, load_config
 from cdtm.lake import Lake
 from cdtm.train.job import LakeData, ReaderConf, TrainInputs, resolve_inputs, train_model
 from cdtm.train.launch import _rank_main
 from tests.conftest import REPO
+from tests.conftest import tiny_config as tiny
 
 hvd_spark = pytest.importorskip("horovod.spark", reason="horovod not built: run `make horovod`")
-
-
-def tiny(base: Config, *overrides: str) -> Config:
-    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
-    return load_config(
-        files,
-        [
-            f"lake.root={base.lake.root}",
-            f"artifacts.root={base.artifacts.root}",
-            "train.nics=[lo]",
-            *overrides,
-        ],
-    )
 
 
 def run_on_executors(fn, *args):  # noqa: ANN001, ANN202

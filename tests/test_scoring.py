@@ -12,26 +12,18 @@ import torch
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from cdtm.config import Config, load_config
+from cdtm.config import Config
 from cdtm.lake import Lake
 from cdtm.scoring import ScoringError, score_day
 from cdtm.scoring.executor import batch_from_pandas
 from cdtm.train.artifacts import load_artifact, seal
 from cdtm.train.job import train_model
-from tests.conftest import REPO
+from tests.conftest import REPO, tiny_config
 
 
 def config(base: Config, *overrides: str) -> Config:
-    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
-    return load_config(
-        files,
-        [
-            f"lake.root={base.lake.root}",
-            f"artifacts.root={Path(base.lake.root).parent / 'score-art'}",
-            "run.ds=2024-03-01",
-            *overrides,
-        ],
-    )
+    art = Path(base.lake.root).parent / "score-art"
+    return tiny_config(base, f"artifacts.root={art}", "run.ds=2024-03-01", *overrides)
 
 
 @pytest.fixture(scope="module")

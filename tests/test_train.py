@@ -11,7 +11,7 @@ import pytest
 import torch
 from pyspark.sql import functions as F
 
-from cdtm.config import Config, load_config
+from cdtm.config import Config
 from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
@@ -19,14 +19,7 @@ from cdtm.model import build_model
 from cdtm.train.artifacts import ArtifactError, load_artifact
 from cdtm.train.job import LakeData, reader_conf, resolve_inputs, train_model
 from cdtm.train.loop import fit, predict
-from tests.conftest import REPO
-
-
-def tiny(cfg: Config, *overrides: str) -> Config:
-    files = [REPO / "conf" / "local.yaml", REPO / "conf" / "profiles" / "tiny.yaml"]
-    return load_config(
-        files, [f"lake.root={cfg.lake.root}", f"artifacts.root={cfg.artifacts.root}", *overrides]
-    )
+from tests.conftest import tiny_config as tiny
 
 
 def test_reader_shards_are_disjoint_and_cover_the_split(spark, ml100k) -> None:
