@@ -57,8 +57,11 @@ class FitResult:
     seconds: float
 
 
-def _padded(batches: Iterator[Batch], steps: int) -> Iterator[Batch | None]:
-    """Exactly ``steps`` items: the batches, then None once they run out."""
+def _padded(batches: Iterator[Batch], steps: int | None) -> Iterator[Batch | None]:
+    """Exactly ``steps`` items: the batches, then None once they run out (None: the batches)."""
+    if steps is None:
+        yield from batches
+        return
     n = 0
     for b in batches:
         if n == steps:
@@ -174,9 +177,12 @@ def fit(
                 },
             )
 
-    steps = backend.allreduce_max(data.train_steps())
+    # Agreeing on a step count costs a pass over the shard: only several ranks need it.
+    steps = backend.allreduce_max(data.train_steps()) if backend.size > 1 else None
     if conf.max_steps_per_epoch:
-        steps = min(steps, conf.max_steps_per_epoch)
+        steps = (
+            min(steps, conf.max_steps_per_epoch) if steps is not None else conf.max_steps_per_epoch
+        )
 
     while not state["done"] and state["epoch"] < conf.max_epochs:
         epoch = state["epoch"]
