@@ -18,8 +18,6 @@ class Backend(Protocol):
     @property
     def is_main(self) -> bool: ...
 
-    def allreduce_sum(self, value: torch.Tensor) -> torch.Tensor: ...
-
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor: ...
 
     def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
@@ -40,9 +38,6 @@ class SingleProcess:
     @property
     def is_main(self) -> bool:
         return True
-
-    def allreduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        return value
 
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor:
         return value
@@ -78,9 +73,6 @@ class HorovodBackend:
     @property
     def is_main(self) -> bool:
         return self.rank == 0
-
-    def allreduce_sum(self, value: torch.Tensor) -> torch.Tensor:
-        return self.hvd.allreduce(value, op=self.hvd.Sum)
 
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor:
         return self.hvd.allgather(value)  # concatenated along dim 0; lengths may differ by rank
