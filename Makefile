@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup horovod data demo benchmark paper dist test test-unit lint clean
+.PHONY: setup horovod data demo benchmark paper bench dist test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -62,6 +62,11 @@ benchmark: setup data
 paper: setup data
 	$(PY) jobs/experiment.py paper --out out/paper
 
+# Speed and memory, each as a ratio against a baseline measured in the same run (about 25 min
+# on 2 cores): bench/results/latest.json, summary.md and charts. See README, Performance.
+bench: setup horovod
+	$(PY) -m bench.run
+
 test: setup horovod data
 	$(PY) -m pytest -q tests
 
@@ -69,8 +74,8 @@ test-unit: setup
 	$(PY) -m pytest -q tests -m "not spark"
 
 lint: setup
-	$(VENV)/bin/ruff check cdtm feature_etl jobs tests
-	$(VENV)/bin/ruff format --check cdtm feature_etl jobs tests
+	$(VENV)/bin/ruff check cdtm feature_etl jobs tests bench
+	$(VENV)/bin/ruff format --check cdtm feature_etl jobs tests bench
 	$(VENV)/bin/mypy
 
 # What spark-submit --py-files needs on a cluster: the library as a wheel and as a zip, plus conf/.

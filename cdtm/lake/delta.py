@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from functools import partial
@@ -37,6 +38,7 @@ class WriteResult:
     version: int
     files: int
     rows: int
+    commit_seconds: float = 0.0  # the driver's Delta commit alone (after the files are written)
 
 
 # --------------------------------------------------------------------------- write
@@ -101,9 +103,11 @@ def write_table(
         )
         for r in rows
     ]
+    t0 = time.perf_counter()
     _commit(root, schema, adds, mode=mode, partition_by=partition_by, ds=ds, exists=exists)
+    commit_seconds = time.perf_counter() - t0
     n_rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
-    return WriteResult(root, table_version(root), len(adds), n_rows)
+    return WriteResult(root, table_version(root), len(adds), n_rows, commit_seconds)
 
 
 def _commit(

@@ -43,6 +43,7 @@ class ScoreReport:
     score_min_per_domain: dict[str, float]
     score_max_per_domain: dict[str, float]
     version: int
+    commit_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +142,7 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         score_min_per_domain={r["domain"]: round(float(r["lo"]), 6) for r in stats},
         score_max_per_domain={r["domain"]: round(float(r["hi"]), 6) for r in stats},
         version=res.version,
+        commit_seconds=round(res.commit_seconds, 4),
     )
     log.info(
         "scored ds=%s with %s: %d rows -> %s v%d",

@@ -1,0 +1,132 @@
+"""Training benchmarks: the Petastorm feed's cost, CDTM vs the pooled DNN, memory as rows grow.
+
+All use the real loop (``cdtm.train.loop.fit``) for one epoch; samples/s is the loop's own
+count of training rows over the epoch's training time (evaluation excluded).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from bench.common import log, max_rss_mb, median, run_child
+from bench.reader import arrow_batches, snapshot
+from cdtm.config import Config, ModelConf, TrainConf, load_config
+from cdtm.data.batch import Batch
+from cdtm.data.reader import FeatureReader, ReaderConf
+from cdtm.model import build_model
+from cdtm.spec import FeatureSpec
+from cdtm.train.loop import fit
+
+
+@dataclasses.dataclass
+class MemoryData:
+    """Training batches already in memory (the baseline feed)."""
+
+    batches: list[Batch]
+    valid: list[Batch]
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        return iter(self.batches)
+
+    def train_steps(self) -> int:
+        return len(self.batches)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        return iter(self.valid)
+
+
+@dataclasses.dataclass
+class PetastormData:
+    files: list[str]
+    spec: FeatureSpec
+    conf: ReaderConf
+    valid: list[Batch]
+
+    def train_batches(self, seed: int) -> Iterator[Batch]:
+        return FeatureReader(self.files, self.spec, "train", self.conf).batches(seed)
+
+    def train_steps(self) -> int:
+        rows = FeatureReader(self.files, self.spec, "train", self.conf).count()
+        return -(-rows // self.conf.batch_size)
+
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        return iter(self.valid)
+
+
+def one_epoch(model_conf: ModelConf, train: TrainConf, spec: FeatureSpec, data: Any) -> float:
+    """Training samples/s of one epoch."""
+    torch.manual_seed(0)
+    model = build_model(spec, model_conf)
+    res = fit(model, train, data, spec.domains, device=torch.device("cpu"))
+    return float(res.history[0]["train_rows_per_s"])
+
+
+def bench_train(cfg: Config, lake_root: str, repeats: int, steps: int) -> dict[str, Any]:
+    files, spec = snapshot(lake_root)
+    train = dataclasses.replace(
+        cfg.train, max_epochs=1, max_steps_per_epoch=steps, log_every=0, patience=1
+    )
+    batches = list(arrow_batches(files, spec, "train", train.batch_size, 0))[:steps]
+    valid = list(arrow_batches(files, spec, "valid", train.batch_size, 0))[:1]
+    memory = MemoryData(batches, valid)
+    stream = PetastormData(files, spec, ReaderConf(train.batch_size, train.shuffle_buffer), valid)
+    cdtm = dataclasses.replace(cfg.model, name="cdtm")
+    pooled = dataclasses.replace(cfg.model, name="shared_bottom")
+    one_epoch(cdtm, dataclasses.replace(train, max_steps_per_epoch=5), spec, memory)  # warm-up
+    runs: dict[str, list[float]] = {"petastorm": [], "memory": [], "shared_bottom": []}
+    for i in range(repeats):  # interleaved, so drift in machine load hits every side alike
+        runs["petastorm"].append(one_epoch(cdtm, train, spec, stream))
+        runs["memory"].append(one_epoch(cdtm, train, spec, memory))
+        runs["shared_bottom"].append(one_epoch(pooled, train, spec, memory))
+        log(
+            f"train run {i + 1}/{repeats}: "
+            + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items())
+        )
+    med = {k: median(v) for k, v in runs.items()}
+    out = {
+        "steps": steps,
+        "batch_size": train.batch_size,
+        "samples_per_s_petastorm": round(med["petastorm"]),
+        "samples_per_s_memory": round(med["memory"]),
+        "samples_per_s_shared_bottom": round(med["shared_bottom"]),
+        "runs": {k: [round(x) for x in v] for k, v in runs.items()},
+        "feed_ratio": round(med["petastorm"] / med["memory"], 4),
+        "cdtm_vs_shared_bottom": round(med["memory"] / med["shared_bottom"], 4),
+    }
+    log(f"train: feed ratio {out['feed_ratio']}, CDTM/pooled DNN {out['cdtm_vs_shared_bottom']}")
+    return out
+
+
+def memory_profile(lakes: dict[int, str], configs: list[str]) -> dict[str, Any]:
+    """Peak RSS of a training process (its own process) streaming a whole epoch, per size."""
+    out: dict[str, Any] = {}
+    for rows, lake in sorted(lakes.items()):
+        res = run_child("bench.train", {"lake": lake, "configs": configs})
+        log(f"training process at {rows:,} rows: peak RSS {res['peak_rss_mb']} MB")
+        out[str(rows)] = res
+    small, large = min(lakes), max(lakes)
+    out["peak_rss_mb"] = out[str(large)]["peak_rss_mb"]
+    out["rss_growth"] = round(out[str(large)]["peak_rss_mb"] / out[str(small)]["peak_rss_mb"], 3)
+    return out
+
+
+def _child(args: dict[str, Any]) -> dict[str, Any]:
+    """One full epoch of CDTM over the lake's training rows, streamed through Petastorm."""
+    cfg = load_config(args["configs"])
+    files, spec = snapshot(args["lake"])
+    train = dataclasses.replace(cfg.train, max_epochs=1, log_every=0, patience=1)
+    conf = ReaderConf(train.batch_size, train.shuffle_buffer)
+    valid = [next(FeatureReader(files, spec, "valid", conf).batches(None))]
+    data = PetastormData(files, spec, conf, valid)
+    rate = one_epoch(dataclasses.replace(cfg.model, name="cdtm"), train, spec, data)
+    return {"samples_per_s": round(rate), "peak_rss_mb": max_rss_mb()}
+
+
+if __name__ == "__main__":
+    print(json.dumps(_child(json.loads(sys.argv[1]))))
