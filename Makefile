@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup horovod data demo benchmark paper bench dist test test-unit lint clean
+.PHONY: setup horovod data demo benchmark paper bench soak dist test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -66,6 +66,10 @@ paper: setup data
 # on 2 cores): bench/results/latest.json, summary.md and charts. See README, Performance.
 bench: setup horovod
 	$(PY) -m bench.run
+
+# Reliability soak (not in CI): a 7-day backfill twice; every table must come out identical.
+soak: setup
+	$(PY) -m tests.reliability.soak --work out/soak
 
 test: setup horovod data
 	$(PY) -m pytest -q tests

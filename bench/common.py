@@ -107,7 +107,10 @@ def run_child(module: str, args: dict[str, Any], timeout: float = 1800) -> dict[
 
 
 def max_rss_mb() -> float:
-    """This process's peak RSS so far (Linux reports kilobytes)."""
-    import resource
-
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    """This process's peak RSS so far: VmHWM, which starts afresh at exec. (ru_maxrss does not:
+    a child started by fork + exec reports the parent's peak when that was higher.)"""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return round(int(line.split()[1]) / 1024, 1)
+    raise RuntimeError("no VmHWM in /proc/self/status")

@@ -21,6 +21,12 @@ from typing import Any
 
 from bench.common import REPO
 from bench.etl import bench_etl, make_input
+from bench.horovod import bench_horovod
+from bench.reader import bench_reader
+from bench.score import bench_score
+from bench.train import bench_train, memory_profile
+from cdtm.config import load_config
+from cdtm.spark import build_session
 from feature_etl.etl import run_etl
 
 STAGES = ("etl", "reader", "train", "memory", "horovod", "score")
@@ -168,9 +174,6 @@ def main(argv: list[str] | None = None) -> int:
     steps = args.steps or (5 if quick else 100)
     configs = args.config or [str(REPO / "conf" / "local.yaml")]
 
-    from cdtm.config import load_config
-    from cdtm.spark import build_session
-
     # Two local cores: training and Spark tasks compete for them as they would on one executor.
     cfg = load_config(configs, ["tracking.enabled=false", "train.plots=false"])
     spark = build_session(cfg.spark)
@@ -202,32 +205,26 @@ def main(argv: list[str] | None = None) -> int:
                     run_etl(spark, dataclasses.replace(cfg, dataset=dataset, lake=lake))
         small = lakes[sizes[0]]
         if "reader" in stages:
-            from bench.reader import bench_reader
-
             results["reader"] = bench_reader(small, repeats)
         if "train" in stages:
-            from bench.train import bench_train
-
             results["train"] = bench_train(cfg, small, repeats, steps)
         if "memory" in stages:
-            from bench.train import memory_profile
-
             results["memory"] = memory_profile(lakes, configs)
             results.setdefault("train", {})["peak_rss_mb"] = results["memory"]["peak_rss_mb"]
         if "horovod" in stages:
-            from bench.horovod import bench_horovod
-
             results["horovod"] = bench_horovod(spark, cfg, small, args.work, repeats, steps)
         if "score" in stages:
-            from bench.score import bench_score
-
             results["score"] = bench_score(cfg, spark, small, args.work, repeats)
+    except Exception as e:
+        results["notes"].append(f"stopped by an error: {type(e).__name__}: {e}")
+        raise
     finally:
         spark.stop()
-    results["meta"]["seconds"] = round(time.time() - start, 1)
-    (out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    write_summary(results, out)
-    write_charts(results, out)
+        # Whatever finished is kept, also when a later stage failed.
+        results["meta"]["seconds"] = round(time.time() - start, 1)
+        (out / "latest.json").write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+        write_summary(results, out)
+        write_charts(results, out)
     print((out / "summary.md").read_text())
     if not quick:
         shutil.rmtree(args.work / "hvd-artifacts", ignore_errors=True)

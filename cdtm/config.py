@@ -42,11 +42,29 @@ class SparkConf:
 class LakeConf:
     root: str
     engine: Literal["delta-rs", "spark"] = "delta-rs"
+    # Another writer committed the same table first: 0 fails with ConcurrentWriteError;
+    # N > 0 commits again up to N times (this write's day then replaces the other's).
+    commit_retries: int = 0
+    # jobs/maintain.py vacuum refuses a shorter retention unless --force: a reader of an older
+    # version, or a job still writing, would lose its files.
+    min_vacuum_retention_hours: float = 168.0
 
 
 @dataclasses.dataclass(frozen=True)
 class ArtifactsConf:
     root: str
+
+
+_SIMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def check_name(key: str, value: str) -> None:
+    """A folder or table name taken from config: one path segment, so that nothing is written
+    or read outside lake.root / artifacts.root."""
+    if not _SIMPLE_NAME.fullmatch(value) or ".." in value:
+        raise ConfigError(
+            f"{key}: {value!r} must be a plain name (letters, digits, '.', '_', '-'; no '/' or '..')"
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -303,6 +321,10 @@ class TrainConf:
     model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
     plots: bool = True
 
+    def __post_init__(self) -> None:
+        if self.model_version is not None:
+            check_name("train.model_version", self.model_version)
+
 
 @dataclasses.dataclass(frozen=True)
 class TrackingConf:
@@ -318,6 +340,11 @@ class TrackingConf:
 class ScoringConf:
     model: str = "latest"  # latest | a model_version folder name | alias:<MLflow alias>
     table: str = "features"  # lake table whose rows of run.ds are scored
+
+    def __post_init__(self) -> None:
+        check_name("scoring.table", self.table)
+        if self.model != "latest" and not self.model.startswith("alias:"):
+            check_name("scoring.model", self.model)
 
 
 @dataclasses.dataclass(frozen=True)

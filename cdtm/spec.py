@@ -142,3 +142,33 @@ def read_feature_spec(spec_table_root: str, version: int | None = None) -> Featu
         "SELECT * FROM s", {"s": spec_table_root}, {"s": version} if version is not None else None
     )
     return FeatureSpec.from_rows(table.to_pylist())
+
+
+# The ETL stores, in the commit that publishes a day of ``features``, the versions of the
+# ``vocab`` and ``feature_spec`` tables that day was indexed with, and of its ``rejects``.
+LINK_KEYS = {
+    "vocab": "cdtm.vocab_version",
+    "feature_spec": "cdtm.feature_spec_version",
+    "rejects": "cdtm.rejects_version",
+}
+
+
+def published_versions(lake_root: str, features_version: int) -> dict[str, int]:
+    """``{"features", "vocab", "feature_spec", "rejects"}`` versions that belong together.
+
+    The features commit is the ETL's last: a job killed after committing a new vocabulary but
+    before publishing its day leaves readers on the older, matching pair. Features written
+    without the link (older tables) pair with the latest vocab and spec.
+    """
+    from cdtm.lake import Lake, commit_info
+
+    lake = Lake(lake_root)
+    info = commit_info(lake.path("features"), features_version)
+    out = {"features": features_version}
+    for table, key in LINK_KEYS.items():
+        value = info.get(key)
+        if value is not None:
+            out[table] = int(value)
+        elif lake.exists(table):
+            out[table] = lake.version(table)
+    return out

@@ -32,7 +32,7 @@ def lake_tables(lake: Lake) -> list[str]:
 def run_sql(
     spark: SparkSession | None, cfg: Config, query: str, engine: Engine = "delta-rs"
 ) -> pd.DataFrame:
-    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    lake = Lake.of(cfg.lake)
     sql = query.replace("{ds}", cfg.run.ds)
     names = lake_tables(lake)
     if not names:

@@ -19,8 +19,16 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdtm.config import Config, DatasetConf
+from cdtm.faults import fault_point
 from cdtm.lake import Lake, WriteResult
-from cdtm.spec import SPEC_COLUMNS, DenseSpec, FeatureSpec, FieldSpec, read_feature_spec
+from cdtm.spec import (
+    LINK_KEYS,
+    SPEC_COLUMNS,
+    DenseSpec,
+    FeatureSpec,
+    FieldSpec,
+    read_feature_spec,
+)
 from feature_etl.sources import read_events
 from feature_etl.split import assign_split
 from feature_etl.validate import REASONS, validate
@@ -151,7 +159,7 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     start = time.time()
     ds = cfg.run.ds
     dataset = dataset_of(cfg)
-    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    lake = Lake.of(cfg.lake)
     log.info("ETL %s for ds=%s -> %s", dataset.name, ds, lake.root)
 
     def write_day(table: str, df: DataFrame) -> WriteResult:
@@ -214,8 +222,22 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         features = to_features(apply_vocab(accepted, vocab, dataset.fields), dataset, ds)
         if cfg.etl.output_partitions > 0:
             features = features.repartition(cfg.etl.output_partitions)
-        written = write_day(FEATURES, features)
+        # Features last: its commit publishes the day, and names the vocab/spec it was built with.
         rejects = write_day(REJECTS, to_rejects(checked, ds))
+        fault_point("etl.before_publish")
+        written = lake.write(
+            spark,
+            features,
+            FEATURES,
+            mode="overwrite_day",
+            partition_by=["ds"],
+            ds=ds,
+            commit_metadata={
+                LINK_KEYS["vocab"]: versions[VOCAB],
+                LINK_KEYS["feature_spec"]: versions[SPEC],
+                LINK_KEYS["rejects"]: rejects.version,
+            },
+        )
         versions[FEATURES], versions[REJECTS] = written.version, rejects.version
 
         if written.rows + rejects.rows != input_rows or written.rows != accepted_rows:

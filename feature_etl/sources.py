@@ -126,6 +126,9 @@ def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFram
     schema = StructType(
         [StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())]
     )
+    # With CSV column pruning, a query that needs only some columns parses only those, and a
+    # row with too many or too few fields is no longer flagged (found by tests/reliability).
+    spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
     df = (
         spark.read.schema(schema)
         .option("header", True)

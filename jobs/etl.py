@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         report = run_etl(spark, cfg)
         if args.verify:
-            lake = Lake(cfg.lake.root, cfg.lake.engine)
+            lake = Lake.of(cfg.lake)
             check = readback_check(spark, lake, FEATURES, report.versions[FEATURES])
             print(
                 f"read-back check: Spark and delta-rs agree on {check['aggregates']} aggregates "

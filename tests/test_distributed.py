@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +12,6 @@ from pyspark.sql import functions as F
 from cdtm.lake import Lake
 from cdtm.train.job import LakeData, ReaderConf, TrainInputs, resolve_inputs, train_model
 from cdtm.train.launch import _rank_main
-from tests.conftest import REPO
 from tests.conftest import tiny_config as tiny
 
 hvd_spark = pytest.importorskip("horovod.spark", reason="horovod not built: run `make horovod`")
@@ -66,61 +61,3 @@ def test_two_processes_match_one_and_agree_on_stopping(spark, synthetic_lake) ->
     assert ranks[0].metrics["valid.rows.pooled"] == single.metrics["valid.rows.pooled"]
     assert abs(ranks[0].metrics["valid.auc.pooled"] - single.metrics["valid.auc.pooled"]) < 0.005
     assert (Path(cfg.artifacts.root) / "hvd2" / "manifest.json").is_file()  # rank 0 wrote it
-
-
-def test_killed_horovod_run_resumes(synthetic_lake, tmp_path: Path) -> None:
-    cfg = synthetic_lake[0]
-    args = [
-        sys.executable,
-        "jobs/train.py",
-        "--config",
-        "conf/local.yaml",
-        "--config",
-        "conf/profiles/tiny.yaml",
-        "--set",
-        f"lake.root={cfg.lake.root}",
-        "--set",
-        f"artifacts.root={tmp_path / 'art'}",
-        "--set",
-        "train.backend=horovod-spark",
-        "--set",
-        "train.num_proc=2",
-        "--set",
-        "train.nics=[lo]",
-        "--set",
-        "spark.master=local[2]",
-        "--set",
-        "train.max_epochs=3",
-        "--set",
-        "train.patience=5",
-        "--set",
-        "train.checkpoint_every=10",
-        "--set",
-        "train.model_version=resumed",
-    ]
-    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
-    proc = subprocess.Popen(
-        args,
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    ckpt = tmp_path / "art" / "_checkpoints"
-    deadline = time.time() + 240
-    while time.time() < deadline and not list(ckpt.glob("*/last.pt")):
-        assert proc.poll() is None, proc.stderr.read()[-3000:] if proc.stderr else ""
-        time.sleep(0.5)
-    assert list(ckpt.glob("*/last.pt")), "no checkpoint within 240 s"
-    os.killpg(proc.pid, signal.SIGKILL)  # the driver, its JVM and the Horovod ranks
-    proc.wait()
-    assert not (tmp_path / "art" / "resumed").exists()
-
-    done = subprocess.run(
-        [*args, "--resume"], cwd=REPO, env=env, capture_output=True, text=True, timeout=400
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "resumed from" in done.stderr
-    assert (tmp_path / "art" / "resumed" / "manifest.json").is_file()

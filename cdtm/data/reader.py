@@ -24,7 +24,7 @@ from cdtm.spec import FeatureSpec
 class ReaderConf:
     batch_size: int = 4096
     shuffle_buffer: int = 200_000
-    workers: int = 0  # 0: synchronous (deterministic); > 0: a thread pool of that size
+    workers: int = 0  # 0 or 1: one read-ahead thread, order fixed by the seed; > 1: N threads
     domains: tuple[int, ...] | None = None  # keep rows of these domain ids only
     fractions: tuple[tuple[int, float], ...] = ()  # (domain id, share of its rows to keep)
 
@@ -79,10 +79,9 @@ class FeatureReader:
             cur_shard=self.cur_shard if self.shard_count > 1 else None,
             shard_count=self.shard_count if self.shard_count > 1 else None,
         )
-        if self.conf.workers > 0:
-            kwargs.update(reader_pool_type="thread", workers_count=self.conf.workers)
-        else:
-            kwargs.update(reader_pool_type="dummy")
+        # One worker thread reads ahead and keeps the seeded order. Petastorm's "dummy" pool
+        # would read in this thread, but it polls its queue with 0.1 s sleeps: 8x slower here.
+        kwargs.update(reader_pool_type="thread", workers_count=max(self.conf.workers, 1))
         with make_batch_reader(self.files, **kwargs) as reader:
             for group in reader:
                 cols = group._asdict()

@@ -6,29 +6,35 @@ Default engine ``delta-rs`` (no JVM Delta needed): executors write Parquet insid
 """
 
 from cdtm.lake.delta import (
+    ConcurrentWriteError,
     Lake,
     LakeError,
     SchemaMismatchError,
     WriteResult,
+    commit_info,
     history,
     query,
     read_table,
     table_exists,
     table_files,
     table_version,
+    vacuum,
     write_table,
 )
 
 __all__ = [
+    "ConcurrentWriteError",
     "Lake",
     "LakeError",
     "SchemaMismatchError",
     "WriteResult",
+    "commit_info",
     "history",
     "query",
     "read_table",
     "table_exists",
     "table_files",
     "table_version",
+    "vacuum",
     "write_table",
 ]

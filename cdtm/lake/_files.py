@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterator, Sequence
+import os
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -19,6 +20,8 @@ import pyarrow as pa
 import pyarrow.compute as pc  # imported explicitly: mapInArrow workers need it loaded
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
+
+from cdtm.faults import fault_point
 
 FILE_SCHEMA = pa.schema(
     [
@@ -100,15 +103,17 @@ def partition_dir(partition_by: Sequence[str], values: Sequence[str | None]) -> 
 
 
 def write_files(
-    batches: Iterator[pa.RecordBatch],
+    batches: Iterable[pa.RecordBatch],
     *,
     root: str,
     txn: str,
     partition_by: Sequence[str],
     schema: pa.Schema,
     only_partition: dict[str, str] | None,
+    transform: Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Write this task's rows as Parquet under ``root``; yield one FILE_SCHEMA row per file."""
+    """Write this task's rows (after ``transform``, if given) as Parquet under ``root``; yield
+    one FILE_SCHEMA row per file."""
     from pyspark import TaskContext  # executor side only
 
     ctx = TaskContext.get()
@@ -116,6 +121,8 @@ def write_files(
     filesystem, base = pafs.FileSystem.from_uri(root)
     data_schema = pa.schema([f for f in schema if f.name not in partition_by])
     open_files: dict[tuple[str | None, ...], tuple[pq.ParquetWriter, str, _Stats]] = {}
+    if transform is not None:
+        batches = transform(batches)
     try:
         for batch in batches:
             if batch.num_rows == 0:
@@ -143,6 +150,7 @@ def write_files(
                 data = part.select(data_schema.names)
                 writer.write_batch(data)
                 stats.update(data)
+                fault_point("lake.file_written", os.path.basename(root.rstrip("/")))
     finally:
         for writer, _, _ in open_files.values():
             writer.close()

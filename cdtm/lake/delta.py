@@ -7,18 +7,27 @@ import json
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
 
 import pyarrow as pa
 from deltalake import DeltaTable, QueryBuilder, Schema
-from deltalake.transaction import AddAction, RemoveAction, create_table_with_add_actions
+from deltalake.exceptions import CommitFailedError, DeltaError
+from deltalake.transaction import (
+    AddAction,
+    CommitProperties,
+    RemoveAction,
+    create_table_with_add_actions,
+)
 
+from cdtm.faults import fault_point
 from cdtm.lake._files import FILE_SCHEMA_DDL, write_files
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
+
+    from cdtm.config import LakeConf
 
 WriteMode = Literal["create", "append", "overwrite", "overwrite_day"]
 Engine = Literal["delta-rs", "spark"]
@@ -26,6 +35,10 @@ Engine = Literal["delta-rs", "spark"]
 
 class LakeError(RuntimeError):
     """A Delta table could not be read or written; the message names the table."""
+
+
+class ConcurrentWriteError(LakeError):
+    """Another writer committed to the table first; nothing of this write was committed."""
 
 
 class SchemaMismatchError(LakeError):
@@ -53,6 +66,10 @@ def write_table(
     partition_by: Sequence[str] = (),
     ds: str | None = None,
     engine: Engine = "delta-rs",
+    commit_retries: int = 0,
+    commit_metadata: Mapping[str, Any] | None = None,
+    transform: Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]] | None = None,
+    transform_schema: str | None = None,
 ) -> WriteResult:
     """Write ``df`` to the Delta table at ``root`` as one commit.
 
@@ -60,21 +77,38 @@ def write_table(
     day); ``overwrite`` replaces the whole table; ``create`` fails if the table exists.
     A schema that differs from the table's raises SchemaMismatchError before any file is
     written. A crash before the commit leaves the table exactly as it was.
+
+    Two writers at once: the first commit wins; the other raises ConcurrentWriteError, or, with
+    ``commit_retries`` > 0, commits again against the new version (its day replaces the
+    winner's whole). ``commit_metadata`` is stored in the commit (``history()`` shows it).
+
+    ``transform`` (Arrow batches -> batches of ``transform_schema``, a DDL string) runs on the
+    executors in the same Python worker that writes the files: what ``df.mapInArrow(transform,
+    transform_schema)`` would give, without a second trip through the JVM.
     """
     partition_by = list(partition_by)
     if mode == "overwrite_day":
         if ds is None or partition_by != ["ds"]:
             raise LakeError(f"{root}: overwrite_day needs ds= and partition_by=['ds']")
+    if transform is not None:
+        if transform_schema is None:
+            raise LakeError(f"{root}: a transform needs its output schema (transform_schema)")
+        mapped = df.mapInArrow(transform, transform_schema)
+        if engine == "spark":
+            df = mapped  # Spark's own writer: no fusing
+            transform = None
     if engine == "spark":
         return _write_spark(df, root, mode=mode, partition_by=partition_by, ds=ds)
 
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    schema = to_arrow_schema(df.schema)
+    schema = to_arrow_schema(mapped.schema if transform is not None else df.schema)
     missing = [c for c in partition_by if c not in schema.names]
     if missing:
         raise LakeError(f"{root}: partition columns {missing} are not in the DataFrame")
     exists = table_exists(root)
+    # The version this write starts from: a commit by another writer after it is a conflict.
+    read_version = table_version(root) if exists else None
     if exists and mode == "create":
         raise LakeError(f"{root}: table already exists (mode=create)")
     if exists:
@@ -90,6 +124,7 @@ def write_table(
         partition_by=partition_by,
         schema=schema,
         only_partition={"ds": ds} if mode == "overwrite_day" and ds is not None else None,
+        transform=transform,
     )
     rows = df.mapInArrow(writer, FILE_SCHEMA_DDL).collect()  # one small row per file
     adds = [
@@ -103,9 +138,39 @@ def write_table(
         )
         for r in rows
     ]
+    name = os.path.basename(root.rstrip("/"))
+    fault_point("lake.before_commit", name)
     t0 = time.perf_counter()
-    _commit(root, schema, adds, mode=mode, partition_by=partition_by, ds=ds, exists=exists)
+    for attempt in range(commit_retries + 1):
+        try:
+            _commit(
+                root,
+                schema,
+                adds,
+                mode=mode,
+                partition_by=partition_by,
+                ds=ds,
+                exists=exists,
+                metadata=commit_metadata,
+                read_version=read_version,
+            )
+            break
+        except (CommitFailedError, DeltaError) as e:
+            # A concurrent writer won the race (CommitFailedError), or created the table first.
+            raced = isinstance(e, CommitFailedError) or (not exists and table_exists(root))
+            if not raced:
+                raise
+            if attempt == commit_retries or mode == "create":
+                what = f"day {ds}" if mode == "overwrite_day" else f"mode {mode}"
+                raise ConcurrentWriteError(
+                    f"{root}: another writer committed while this job was writing ({what}); "
+                    f"nothing of this write was committed (its {len(adds)} files are orphans "
+                    f"that `jobs/maintain.py vacuum` removes). Re-run the job, or set "
+                    f"lake.commit_retries to replace the other writer's rows. Cause: {e}"
+                ) from e
+            exists, read_version = table_exists(root), None  # retry: against the latest
     commit_seconds = time.perf_counter() - t0
+    fault_point("lake.after_commit", name)
     n_rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
     return WriteResult(root, table_version(root), len(adds), n_rows, commit_seconds)
 
@@ -119,18 +184,30 @@ def _commit(
     partition_by: list[str],
     ds: str | None,
     exists: bool,
+    metadata: Mapping[str, Any] | None = None,
+    read_version: int | None = None,
 ) -> None:
     delta_schema = Schema.from_arrow(schema)
+    props = CommitProperties(custom_metadata=dict(metadata)) if metadata else None
     if not exists:
         create_table_with_add_actions(
-            root, delta_schema, adds, mode="error", partition_by=partition_by or None
+            root,
+            delta_schema,
+            adds,
+            mode="error",
+            partition_by=partition_by or None,
+            commit_properties=props,
         )
         return
-    table = DeltaTable(root)
+    table = DeltaTable(root, version=read_version)
     actions: list[AddAction | RemoveAction] = list(adds)
     if mode == "append":
         table.create_write_transaction(
-            actions, mode="append", schema=delta_schema, partition_by=partition_by or None
+            actions,
+            mode="append",
+            schema=delta_schema,
+            partition_by=partition_by or None,
+            commit_properties=props,
         )
     elif mode == "overwrite_day":
         table.create_write_transaction(
@@ -139,10 +216,15 @@ def _commit(
             schema=delta_schema,
             partition_by=partition_by,
             partition_filters=[("ds", "=", str(ds))],
+            commit_properties=props,
         )
     else:
         table.create_write_transaction(
-            actions, mode="overwrite", schema=delta_schema, partition_by=partition_by or None
+            actions,
+            mode="overwrite",
+            schema=delta_schema,
+            partition_by=partition_by or None,
+            commit_properties=props,
         )
 
 
@@ -230,6 +312,32 @@ def history(root: str) -> list[dict[str, Any]]:
     return list(_open(root).history())
 
 
+def commit_info(root: str, version: int) -> dict[str, Any]:
+    """The custom metadata stored with commit ``version`` ({} when none, or not in history)."""
+    for entry in _open(root).history():
+        if int(entry.get("version", -1)) == version:
+            return dict(entry)
+    return {}
+
+
+def vacuum(root: str, retention_hours: float, dry_run: bool = True) -> list[str]:
+    """Delete files no version younger than ``retention_hours`` needs, and orphans (files of
+    writes that never committed) older than that. Returns the files (to be) removed.
+
+    The retention keeps readers of recent versions and writers still writing safe; callers
+    check it against ``lake.min_vacuum_retention_hours`` (jobs/maintain.py does).
+    """
+    table = _open(root)
+    return list(
+        table.vacuum(
+            retention_hours=int(retention_hours),
+            dry_run=dry_run,
+            enforce_retention_duration=False,
+            full=True,
+        )
+    )
+
+
 def read_table(
     spark: SparkSession, root: str, version: int | None = None, engine: Engine = "delta-rs"
 ) -> DataFrame:
@@ -301,11 +409,17 @@ class Lake:
 
     root: str
     engine: Engine = "delta-rs"
+    commit_retries: int = 0
+
+    @classmethod
+    def of(cls, conf: LakeConf) -> Lake:
+        return cls(conf.root, conf.engine, conf.commit_retries)
 
     def path(self, name: str) -> str:
         return self.root.rstrip("/") + "/" + name
 
     def write(self, spark: SparkSession, df: DataFrame, name: str, **kwargs: Any) -> WriteResult:
+        kwargs.setdefault("commit_retries", self.commit_retries)
         return write_table(spark, df, self.path(name), engine=self.engine, **kwargs)
 
     def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
@@ -322,6 +436,9 @@ class Lake:
 
     def history(self, name: str) -> list[dict[str, Any]]:
         return history(self.path(name))
+
+    def vacuum(self, name: str, retention_hours: float, dry_run: bool = True) -> list[str]:
+        return vacuum(self.path(name), retention_hours, dry_run=dry_run)
 
     def query(self, sql: str, names: Sequence[str]) -> pa.Table:
         return query(sql, {n: self.path(n) for n in names})

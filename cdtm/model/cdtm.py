@@ -48,6 +48,13 @@ class GlobalSharedEmbedding(SegmentedEmbedding):
         super().__init__(offsets, total, dim, init_std)
 
 
+def per_row(param: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+    """``param[domain]`` ([D, ...] -> [B, ...]) as a one-hot matmul: its backward is a matmul
+    too, where indexing's backward (an accumulating scatter) took a third of a CPU step."""
+    onehot = torch.nn.functional.one_hot(domain, param.shape[0]).to(param.dtype)
+    return (onehot @ param.reshape(param.shape[0], -1)).view(-1, *param.shape[1:])
+
+
 class TransferMatrix(nn.Module):
     """m = T g with T per domain (or per domain and field), initialised to the identity."""
 
@@ -62,7 +69,7 @@ class TransferMatrix(nn.Module):
             self.T = nn.Parameter(eye)
 
     def forward(self, g: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        t = self.T[domain]
+        t = per_row(self.T, domain)
         if self.per_field:
             return torch.einsum("bfij,bfj->bfi", t, g)
         return torch.einsum("bij,bfj->bfi", t, g)
@@ -88,7 +95,8 @@ class CombinationAttention(nn.Module):
             return torch.full_like(e[..., :1], self.init)
         h0 = torch.cat([e, m], dim=-1)  # [B, F, 2k]
         return torch.sigmoid(
-            torch.einsum("boj,bfj->bfo", self.V1[domain], h0) + self.b1[domain][:, None, :]
+            torch.einsum("boj,bfj->bfo", per_row(self.V1, domain), h0)
+            + per_row(self.b1, domain)[:, None, :]
         )
 
 

@@ -18,7 +18,7 @@ import pandas as pd
 from cdtm.config import Config
 from cdtm.lake import Lake
 from cdtm.scoring.executor import SCORE_COLUMNS, score_batches
-from cdtm.spec import FeatureSpec, read_feature_spec
+from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
 from cdtm.train.artifacts import ArtifactError, latest_artifact, verify
 
 if TYPE_CHECKING:
@@ -103,16 +103,20 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     from pyspark.sql import functions as F
 
     ds = cfg.run.ds
-    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    lake = Lake.of(cfg.lake)
     artifact = resolve_artifact(cfg).resolve()
     try:
         verify(artifact)
     except ArtifactError as e:
         raise ScoringError(str(e)) from e
     model_spec = FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
-    check_spec(model_spec, read_feature_spec(lake.path("feature_spec")), artifact)
     if not lake.exists(cfg.scoring.table):
         raise ScoringError(f"no {cfg.scoring.table} table under {lake.root}: run the ETL first")
+    if cfg.scoring.table == "features":
+        spec_version = published_versions(lake.root, lake.version("features"))["feature_spec"]
+    else:
+        spec_version = None
+    check_spec(model_spec, read_feature_spec(lake.path("feature_spec"), spec_version), artifact)
     rows = lake.read(spark, cfg.scoring.table).where(F.col("ds") == ds)
     needed = ["ds", "row_id", "domain", "user_key", "item_key", *model_spec.columns]
     missing = sorted(set(needed) - set(rows.columns))
@@ -125,8 +129,17 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     fn = partial(
         score_batches, artifact=str(artifact), model_version=model_version, scored_at=scored_at
     )
-    scores = rows.select(*needed).mapInPandas(fn, SCORE_COLUMNS)
-    res = lake.write(spark, scores, SCORES, mode="overwrite_day", partition_by=["ds"], ds=ds)
+    # Scored and written in the same Python worker (one trip through the JVM, not two).
+    res = lake.write(
+        spark,
+        rows.select(*needed),
+        SCORES,
+        mode="overwrite_day",
+        partition_by=["ds"],
+        ds=ds,
+        transform=fn,
+        transform_schema=SCORE_COLUMNS,
+    )
     stats = lake.query(
         f"SELECT domain, COUNT(*) AS n, AVG(score) AS mean, MIN(score) AS lo, MAX(score) AS hi "
         f"FROM {SCORES} WHERE ds = '{ds}' GROUP BY domain ORDER BY domain",

@@ -1,4 +1,4 @@
-"""Executor-side scoring: runs inside ``mapInPandas`` on Spark's Python workers.
+"""Executor-side scoring: runs inside ``mapInArrow`` on Spark's Python workers.
 
 The model is loaded once per worker process from the artifact folder (manifest checked,
 weights_only) and kept for every later batch of the same artifact.
@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 
 from cdtm.data.batch import Batch
@@ -21,6 +22,8 @@ SCORE_COLUMNS = (
     "ds string, row_id long, domain string, user_key string, item_key string, score double, "
     "model_version string, scored_at timestamp"
 )
+
+SCORE_NAMES = [c.split()[0] for c in SCORE_COLUMNS.split(", ")]
 
 _LOADED: dict[str, tuple[CTRModel, FeatureSpec]] = {}
 
@@ -56,25 +59,54 @@ def batch_from_pandas(df: pd.DataFrame, spec: FeatureSpec) -> Batch:
     )
 
 
+def batch_from_arrow(batch: pa.RecordBatch, spec: FeatureSpec) -> Batch:
+    n = batch.num_rows
+
+    def col(name: str, dtype: type) -> np.ndarray:
+        return np.asarray(batch.column(name).to_numpy(zero_copy_only=False), dtype=dtype)
+
+    fields = (
+        np.stack([col(f.column, np.int64) for f in spec.fields], axis=1)
+        if spec.fields
+        else np.zeros((n, 0), np.int64)
+    )
+    dense = (
+        np.stack([col(d.column, np.float32) for d in spec.dense], axis=1)
+        if spec.dense
+        else np.zeros((n, 0), np.float32)
+    )
+    return Batch(
+        domain=torch.from_numpy(col("domain", np.int64)),
+        label=torch.zeros(n),
+        fields=torch.from_numpy(fields),
+        dense=torch.from_numpy(dense),
+        row_id=torch.zeros(n, dtype=torch.long),
+    )
+
+
 def score_batches(
-    batches: Iterable[pd.DataFrame], artifact: str, model_version: str, scored_at: pd.Timestamp
-) -> Iterator[pd.DataFrame]:
+    batches: Iterable[pa.RecordBatch], artifact: str, model_version: str, scored_at: pd.Timestamp
+) -> Iterator[pa.RecordBatch]:
+    """``mapInArrow``: keys pass through as Arrow arrays (no pandas round trip of strings)."""
     model, spec = _model(artifact)
-    names = np.array(spec.domains, dtype=object)
-    for df in batches:
-        if df.empty:
+    names = pa.array(spec.domains, pa.string())
+    stamp = pa.scalar(scored_at.to_pydatetime(), pa.timestamp("us", tz="UTC"))
+    for batch in batches:
+        n = batch.num_rows
+        if n == 0:
             continue
         with torch.no_grad():
-            scores = torch.sigmoid(model(batch_from_pandas(df, spec))).double().numpy()
-        yield pd.DataFrame(
-            {
-                "ds": df["ds"].to_numpy(),
-                "row_id": df["row_id"].to_numpy(np.int64),
-                "domain": names[df["domain"].to_numpy(np.int64)],
-                "user_key": df["user_key"].to_numpy(),
-                "item_key": df["item_key"].to_numpy(),
-                "score": scores,
-                "model_version": model_version,
-                "scored_at": scored_at,
-            }
+            scores = torch.sigmoid(model(batch_from_arrow(batch, spec))).double().numpy()
+        yield pa.RecordBatch.from_arrays(
+            [
+                batch.column("ds"),
+                batch.column("row_id"),
+                names.take(batch.column("domain")),
+                batch.column("user_key"),
+                batch.column("item_key"),
+                pa.array(scores, pa.float64()),
+                pa.array(np.full(n, model_version, dtype=object), pa.string()),
+                pa.array(np.full(n, stamp.value, dtype=np.int64), pa.timestamp("us", tz="UTC")),
+            ],
+            names=SCORE_NAMES,
         )

@@ -21,6 +21,7 @@ from cdtm.model import CTRModel, build_model
 from cdtm.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
+REQUIRED = ("weights.pt", "model.json", "feature_spec.json", "data.json")
 
 
 class ArtifactError(RuntimeError):
@@ -74,6 +75,9 @@ def verify(out: Path) -> None:
     if not path.is_file():
         raise ArtifactError(f"{out}: no {MANIFEST}; not a complete artifact")
     manifest = json.loads(path.read_text())
+    unlisted = sorted(set(REQUIRED) - set(manifest))
+    if unlisted:
+        raise ArtifactError(f"{out}: {MANIFEST} does not cover {unlisted}; refusing to load")
     for name, digest in manifest.items():
         f = out / name
         if not f.is_file():

@@ -23,7 +23,7 @@ from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
 from cdtm.model import build_model
-from cdtm.spec import FeatureSpec, read_feature_spec
+from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
 from cdtm.train import plots
 from cdtm.train.artifacts import write_artifact
 from cdtm.train.distributed import Backend, SingleProcess
@@ -76,7 +76,7 @@ class TrainResult:
 
 
 def resolve_inputs(cfg: Config) -> TrainInputs:
-    lake = Lake(cfg.lake.root, cfg.lake.engine)
+    lake = Lake.of(cfg.lake)
     for table in ("features", "feature_spec", "vocab"):
         if not lake.exists(table):
             raise FileNotFoundError(
@@ -87,11 +87,7 @@ def resolve_inputs(cfg: Config) -> TrainInputs:
         if cfg.train.features_version is not None
         else lake.version("features")
     )
-    versions = {
-        "features": version,
-        "feature_spec": lake.version("feature_spec"),
-        "vocab": lake.version("vocab"),
-    }
+    versions = published_versions(lake.root, version)
     spec = read_feature_spec(lake.path("feature_spec"), versions["feature_spec"])
     return TrainInputs(lake.files("features", version), spec, versions, lake.root)
 
