@@ -71,6 +71,7 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             for d, m in scored.score_mean_per_domain.items()
         },
         "tables": {**etl.versions, "scores": scored.version},
+        "transfer_report": scored.transfer_report,
     }
     out = Path(cfg.lake.root) / "_pipeline" / f"{ds}.json"
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -124,10 +124,13 @@ class CDTM(CTRModel):
         self.bottom, h = mlp(in_dim, conf.bottom, conf.dropout)
         self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
 
+    # Evaluation switch for the transfer report: z = e (DSE alone), as if GSE were off.
+    without_gse: bool = False
+
     def combine(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """z [B, F, k] and the pieces that made it (for the loss and the transfer report)."""
         e = self.dse(batch.fields, batch.domain)
-        if not self.use_gse:
+        if not self.use_gse or self.without_gse:
             return e, {"e": e}
         g = self.gse(batch.fields)
         m = self.transfer(g, batch.domain)
@@ -141,7 +144,7 @@ class CDTM(CTRModel):
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
         logits = self.towers(self.bottom(x), batch.domain)
         aux: dict[str, torch.Tensor] = {}
-        if self.use_gse and self.align_weight > 0:
+        if "m" in parts and self.align_weight > 0:
             shared = parts["shared"].squeeze(-1)
             dist = ((parts["e"] - parts["m"]) ** 2).sum(-1)  # [B, F]
             n = shared.sum().clamp_min(1)

@@ -44,6 +44,7 @@ class ScoreReport:
     score_max_per_domain: dict[str, float]
     version: int
     commit_seconds: float = 0.0
+    transfer_report: str | None = None  # the model's per-domain transfer report, if it has one
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -156,6 +157,9 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         score_max_per_domain={r["domain"]: round(float(r["hi"]), 6) for r in stats},
         version=res.version,
         commit_seconds=round(res.commit_seconds, 4),
+        transfer_report=str(artifact / "transfer_report.md")
+        if (artifact / "transfer_report.md").is_file()
+        else None,
     )
     log.info(
         "scored ds=%s with %s: %d rows -> %s v%d",

@@ -22,13 +22,14 @@ from cdtm.config import Config, to_dict
 from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
-from cdtm.model import build_model
+from cdtm.model import CDTM, build_model
 from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
 from cdtm.train import plots
 from cdtm.train.artifacts import write_artifact
 from cdtm.train.distributed import Backend, SingleProcess
 from cdtm.train.loop import FitResult, fit
 from cdtm.train.metrics import flatten
+from cdtm.train.transfer_report import transfer_report, write_transfer_report
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +188,13 @@ def train_model(
     )
     out = root / version
     if backend.is_main and write:
+        out.mkdir(parents=True, exist_ok=True)
+        if isinstance(model, CDTM):
+            # On this process's share of the validation rows (all of them in one process).
+            report = transfer_report(model, data.eval_batches("valid"), inputs.spec, device)
+            if report is not None:
+                write_transfer_report(report, out)
         if cfg.train.plots:
-            out.mkdir(parents=True, exist_ok=True)
             plots.training_curves(result.history, out / "training_curves.png")
             plots.domain_auc_bars(
                 {k: v for k, v in result.test["auc"].items()}, out / "domain_auc.png"

@@ -4,6 +4,7 @@ and fingerprint tables so that "exactly as before" is checked row by row."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from cdtm.lake import Lake
@@ -76,6 +78,9 @@ def fingerprint(
     version = lake.version(table) if version is None else version
     df = query("SELECT * FROM t", {"t": lake.path(table)}, {"t": version}).to_pandas()
     df = df.drop(columns=[c for c in drop if c in df.columns])
+    for c in df.columns:  # list cells (feature_spec's domains) as text, so they hash and sort
+        if df[c].map(lambda v: isinstance(v, (list, np.ndarray))).any():
+            df[c] = df[c].map(lambda v: json.dumps(list(v)) if v is not None else None)
     df = df.sort_values(list(df.columns)).reset_index(drop=True)
     digest = hashlib.sha256(pd.util.hash_pandas_object(df, index=False).values.tobytes())
     return version, len(df), digest.hexdigest()
