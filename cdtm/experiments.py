@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import statistics
 import time
 from collections.abc import Sequence
@@ -97,7 +98,8 @@ def run_variants(
     todo = [(v, s) for v in variants for s in seeds if (v.experiment, v.label, s) not in done]
     log.info("%d runs to do (%d already in %s)", len(todo), len(done), path)
     for i, (v, seed) in enumerate(todo, 1):
-        tag = f"{v.experiment}-{v.label.replace(':', '-').replace('+', '_')}-s{seed}"
+        # A plain folder name (train.model_version): "synthetic:task1", "cdtm:0+1" -> "-", "_".
+        tag = re.sub(r"[^A-Za-z0-9._-]", "-", f"{v.experiment}-{v.label.replace('+', '_')}-s{seed}")
         cfg: Config = load_config(
             base_configs,
             [

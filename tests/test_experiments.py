@@ -1,4 +1,4 @@
-"""Experiment definitions and result summaries (no training)."""
+"""Experiment definitions, result summaries, and the paper command end to end on tiny data."""
 
 from __future__ import annotations
 
@@ -57,3 +57,46 @@ def test_summary_means_and_stds_and_report(tmp_path: Path) -> None:
     md = (tmp_path / "results.md").read_text()
     assert "| cdtm | 3 | 0.8200 +- 0.0200 | 0.8100 +- 0.0200 | 1.0 |" in md
     assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_paper_command_runs_end_to_end_on_tiny_synthetic_data(spark, tmp_path) -> None:  # noqa: ANN001
+    """The `paper` command as a user types it (tiny data and model): every run lands in results.json."""
+    import json
+
+    from jobs.experiment import main
+
+    out = tmp_path / "paper"
+    rc = main(
+        [
+            "paper",
+            "--out",
+            str(out),
+            "--datasets",
+            "synthetic",
+            "--models",
+            "cdtm,dnn_single",
+            "--seeds",
+            "0",
+            "--config",
+            "conf/local.yaml",
+            "--config",
+            "conf/profiles/tiny.yaml",
+            "--set",
+            "dataset.source.synthetic.rows=4000",
+            "--set",
+            "train.max_epochs=1",
+        ]
+    )
+    assert rc == 0
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    labels = {(r["experiment"], r["model"]) for r in runs}
+    assert ("synthetic:task1", "dnn_single:target-only") in labels
+    assert ("synthetic:task2", "cdtm:all-sources") in labels
+    assert {m for e, m in labels if e == "synthetic:task3"} == {
+        "cdtm:no-attention",
+        "cdtm:no-transfer",
+        "cdtm:no-gse",
+        "cdtm:no-align",
+    }
+    assert all(r["test"]["auc"]["pooled"] is not None for r in runs)
+    assert (out / "results.md").is_file() and (out / "results.png").is_file()
