@@ -21,6 +21,24 @@ def frame(spark, tag: str, rows: int, ds: str = DAY):  # noqa: ANN001, ANN201
     return spark.range(rows).selectExpr(f"'{ds}' AS ds", "id", f"'{tag}' AS tag").repartition(2)
 
 
+def replace_day(spark, root: str, tag: str, rows: int, ds: str = DAY, retries: int = 0):  # noqa: ANN001, ANN201
+    """Replace day ``ds`` of the table with ``rows`` rows tagged ``tag``."""
+    return write_table(
+        spark,
+        frame(spark, tag, rows, ds),
+        root,
+        mode="overwrite_day",
+        partition_by=["ds"],
+        ds=ds,
+        commit_retries=retries,
+    )
+
+
+def pending_writes(lake: Lake, table: str) -> int:
+    """Writers whose files are on disk but not committed (files are named part-<txn>-...)."""
+    return len({f.split("part-")[1][:32] for f in orphans(lake, table)})
+
+
 def by_tag(root: str, ds: str = DAY) -> dict[str, int]:
     t = query(f"SELECT tag, COUNT(*) AS n FROM t WHERE ds = '{ds}' GROUP BY tag", {"t": root})
     return {r["tag"]: int(r["n"]) for r in t.to_pylist()}
@@ -66,31 +84,19 @@ def test_two_writers_replacing_one_day_one_wins_the_other_fails_clearly(
 ) -> None:
     root = str(tmp_path / "t")
     os.environ.pop("CDTM_FAULTS")
-    write_table(
-        spark, frame(spark, "old", 50), root, mode="overwrite_day", partition_by=["ds"], ds=DAY
-    )
+    replace_day(spark, root, "old", 50)
     os.environ["CDTM_FAULTS"] = f"lake.before_commit=wait:{held_commits}"
     lake = Lake(str(tmp_path))
-    writers = {
-        tag: (
-            lambda tag=tag, n=n: write_table(
-                spark, frame(spark, tag, n), root, mode="overwrite_day", partition_by=["ds"], ds=DAY
-            )
-        )
-        for tag, n in (("a", 70), ("b", 90))
-    }
-    outcome = race(
-        writers,
-        lambda: len({f.split("part-")[1][:32] for f in orphans(lake, "t")}) == 2,
-        held_commits,
-    )
+    sizes = {"a": 70, "b": 90}
+    writers = {t: (lambda t=t: replace_day(spark, root, t, sizes[t])) for t in sizes}
+    outcome = race(writers, lambda: pending_writes(lake, "t") == 2, held_commits)
     failed = {k: v for k, v in outcome.items() if isinstance(v, Exception)}
     won = [k for k in outcome if k not in failed]
     assert len(won) == 1 and len(failed) == 1, outcome
     (err,) = failed.values()
     assert isinstance(err, ConcurrentWriteError)
     assert f"day {DAY}" in str(err) and root in str(err) and "lake.commit_retries" in str(err)
-    assert by_tag(root) == {won[0]: {"a": 70, "b": 90}[won[0]]}  # the winner's day, whole
+    assert by_tag(root) == {won[0]: sizes[won[0]]}  # the winner's day, whole
 
 
 def test_with_retries_both_commit_and_the_day_is_never_mixed(
@@ -98,53 +104,16 @@ def test_with_retries_both_commit_and_the_day_is_never_mixed(
 ) -> None:
     root = str(tmp_path / "t")
     os.environ.pop("CDTM_FAULTS")
-    write_table(
-        spark, frame(spark, "old", 50), root, mode="overwrite_day", partition_by=["ds"], ds=DAY
-    )
-    write_table(
-        spark,
-        frame(spark, "keep", 30, OTHER),
-        root,
-        mode="overwrite_day",
-        partition_by=["ds"],
-        ds=OTHER,
-    )
+    replace_day(spark, root, "old", 50)
+    replace_day(spark, root, "keep", 30, OTHER)
     os.environ["CDTM_FAULTS"] = f"lake.before_commit=wait:{held_commits}"
     lake = Lake(str(tmp_path))
     writers = {
-        "a": lambda: write_table(
-            spark,
-            frame(spark, "a", 70),
-            root,
-            mode="overwrite_day",
-            partition_by=["ds"],
-            ds=DAY,
-            commit_retries=2,
-        ),
-        "b": lambda: write_table(
-            spark,
-            frame(spark, "b", 90),
-            root,
-            mode="overwrite_day",
-            partition_by=["ds"],
-            ds=DAY,
-            commit_retries=2,
-        ),
-        "other": lambda: write_table(
-            spark,
-            frame(spark, "c", 20, OTHER),
-            root,
-            mode="overwrite_day",
-            partition_by=["ds"],
-            ds=OTHER,
-            commit_retries=2,
-        ),
+        "a": lambda: replace_day(spark, root, "a", 70, retries=2),
+        "b": lambda: replace_day(spark, root, "b", 90, retries=2),
+        "other": lambda: replace_day(spark, root, "c", 20, OTHER, retries=2),
     }
-    outcome = race(
-        writers,
-        lambda: len({f.split("part-")[1][:32] for f in orphans(lake, "t")}) == 3,
-        held_commits,
-    )
+    outcome = race(writers, lambda: pending_writes(lake, "t") == 3, held_commits)
     assert not [k for k, v in outcome.items() if isinstance(v, Exception)], outcome
     assert by_tag(root) in ({"a": 70}, {"b": 90})  # the last committer's day, whole
     # delta-rs also counts a commit to another day as a conflict: with retries it lands whole.
@@ -156,14 +125,7 @@ def test_readers_during_writes_see_the_old_or_the_new_day_never_a_mix(
 ) -> None:
     root = str(tmp_path / "t")
     sizes = {"a": 400, "b": 700}
-    write_table(
-        spark,
-        frame(spark, "a", sizes["a"]),
-        root,
-        mode="overwrite_day",
-        partition_by=["ds"],
-        ds=DAY,
-    )
+    replace_day(spark, root, "a", sizes["a"])
     seen: list[dict[str, int]] = []
     stop = threading.Event()
 
@@ -175,14 +137,7 @@ def test_readers_during_writes_see_the_old_or_the_new_day_never_a_mix(
     thread.start()
     try:
         for tag in ["b", "a", "b", "a"]:
-            write_table(
-                spark,
-                frame(spark, tag, sizes[tag]),
-                root,
-                mode="overwrite_day",
-                partition_by=["ds"],
-                ds=DAY,
-            )
+            replace_day(spark, root, tag, sizes[tag])
     finally:
         stop.set()
         thread.join()
