@@ -140,6 +140,11 @@ class SyntheticConf:
     target_share: float = 0.05  # the last domain is the sparse target
     domain_shift: float = 0.5  # how far each domain's transform is from the shared one
     partitions: int = 4
+    # Negative transfer: the first N domains click by latent factors of their own, unrelated
+    # to the others'.
+    unrelated_domains: int = 0
+    # False: the target and the sources share no field (each side its own user_id, item_id...).
+    shared_fields: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
@@ -276,6 +281,8 @@ class CdtmConf:
             )
 
     align_weight: float = 1.0  # lambda of the alignment loss; 0: ablation "without alignment"
+    # Which of the spec's transferable fields get a GSE table: null = all of them, [] = none.
+    transferable: list[str] | None = None
 
 
 @dataclasses.dataclass(frozen=True)

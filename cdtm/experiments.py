@@ -33,6 +33,9 @@ class Variant:
     experiment: str
     label: str
     overrides: tuple[str, ...]
+    data: tuple[
+        str, ...
+    ] = ()  # dataset overrides: variants with other data get a lake of their own
 
 
 def benchmark_variants(models: Sequence[str]) -> list[Variant]:
@@ -80,6 +83,56 @@ def paper_variants(
         }
         for label, ov in ablations.items():
             out.append(Variant("task3", label, (*common, "model.name=cdtm", *ov.split())))
+    return out
+
+
+def beyond_variants(sources: int = 6) -> list[Variant]:
+    """The questions the paper leaves open, on the synthetic generator (issue #8, items 1-4).
+
+    - ``sources``: target + 1, 2, ... ``sources`` source domains (the target is the last domain);
+    - ``transferable``: no, some (user_id, item_id) or all transferable fields in GSE;
+    - ``disjoint``: the target shares no field with the sources;
+    - ``negative``: one source clicks by unrelated factors, against the same data without it.
+    """
+    names = [f"d{k}" for k in range(sources + 1)]
+    target = names[-1]
+    stop = (f"train.early_stop_domain='{target}'",)
+    many = (f"dataset.source.synthetic.domains={sources + 1}",)
+    out = [
+        Variant(
+            "sources",
+            "dnn_single:0-sources",
+            (*stop, "model.name=dnn_single", f"train.train_domains=['{target}']"),
+            many,
+        )
+    ]
+    for k in range(1, sources + 1):
+        domains = ", ".join(f"'{d}'" for d in [target, *names[:k]])
+        for m in ("cdtm", "shared_bottom"):
+            out.append(
+                Variant(
+                    "sources",
+                    f"{m}:{k}-sources",
+                    (*stop, f"model.name={m}", f"train.train_domains=[{domains}]"),
+                    many,
+                )
+            )
+    t4 = ("train.early_stop_domain='d3'",)
+    for label, fields in (("none", "[]"), ("some", "['user_id', 'item_id']"), ("all", "null")):
+        out.append(
+            Variant(
+                "transferable",
+                f"cdtm:{label}",
+                (*t4, "model.name=cdtm", f"model.cdtm.transferable={fields}"),
+            )
+        )
+    for exp, data in (
+        ("disjoint", ("dataset.source.synthetic.shared_fields=false",)),
+        ("negative", ("dataset.source.synthetic.unrelated_domains=1",)),
+        ("negative-reference", ()),
+    ):
+        for m in ("cdtm", "shared_bottom", "dnn_single"):
+            out.append(Variant(exp, f"{m}:all-sources", (*t4, f"model.name={m}"), data))
     return out
 
 

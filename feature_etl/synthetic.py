@@ -7,7 +7,9 @@ Model of the data (D domains ``d0..d{D-1}``, the last one the sparse target):
   logit = 2 p_u^T W_d q_i + b_d + ctx effect + user-group effect;
 - field sets differ: every domain has ``user_id``, ``item_id``, ``item_cat``; even domains
   also have ``user_group``; each domain has its own context field ``ctx_d<k>``;
-- a field in two or more domains is transferable (shared in GSE); ``ctx_d<k>`` is not.
+- a field in two or more domains is transferable (shared in GSE); ``ctx_d<k>`` is not;
+- ``unrelated_domains: N``: the first N domains click by factors of their own (negative
+  transfer); ``shared_fields: false``: the target and the sources share no field.
 
 Every random draw of a row is a hash of (seed, row id, purpose), so the output does not depend
 on partitioning, and any row count can be generated.
@@ -58,6 +60,22 @@ def dataset_spec(conf: SyntheticConf) -> DatasetConf:
         FieldConf(name="item_cat", transferable=True),
         FieldConf(name="user_group", domains=group_domains, transferable=len(group_domains) > 1),
     ]
+    if not conf.shared_fields and len(names) > 1:
+        # The target's fields and the sources' read the same columns but are different fields:
+        # nothing is shared across the two sides.
+        sides = {"t": [names[-1]], "s": names[:-1]}
+        fields = [
+            FieldConf(
+                name=f"{f.name}_{side}",
+                column=f.name,
+                domains=[d for d in (f.domains or names) if d in members],
+                transferable=len([d for d in (f.domains or names) if d in members]) > 1,
+                required=f.required,
+            )
+            for f in fields
+            for side, members in sides.items()
+            if any(d in members for d in (f.domains or names))
+        ]
     fields += [FieldConf(name=f"ctx_{n}", domains=[n]) for n in names]
     return DatasetConf(
         name="synthetic",
@@ -102,6 +120,11 @@ class _World:
                 for _ in range(conf.domains)
             ]
         )
+        # Factors of the unrelated domains (negative transfer), from a stream of their own so
+        # that every other draw, and so the related domains' data, stay as they were.
+        alien = np.random.default_rng([conf.seed, 1])
+        self.p_alien = alien.normal(0, 1 / np.sqrt(dim), (conf.users, dim))
+        self.q_alien = alien.normal(0, 1 / np.sqrt(dim), (conf.items, dim))
         self.bias = rng.normal(0, 0.3, conf.domains)
         self.ctx = rng.normal(0, 0.5, (conf.domains, N_CTX))
         self.group = rng.normal(0, 0.5, N_GROUPS)
@@ -121,8 +144,11 @@ def _rows(conf: SyntheticConf, ids: np.ndarray, world: _World) -> pd.DataFrame:
     secs = (u[4] * 86400).astype(np.int64)
     hour = secs // 3600
     group = user % N_GROUPS
-    wq = np.einsum("nij,nj->ni", world.w[dom], world.q[item])
-    logit = 2.0 * np.sum(world.p[user] * wq, axis=1) + world.bias[dom] + world.ctx[dom, ctx]
+    alien = (dom < conf.unrelated_domains)[:, None]
+    p = np.where(alien, world.p_alien[user], world.p[user])
+    q = np.where(alien, world.q_alien[item], world.q[item])
+    wq = np.einsum("nij,nj->ni", world.w[dom], q)
+    logit = 2.0 * np.sum(p * wq, axis=1) + world.bias[dom] + world.ctx[dom, ctx]
     has_group = np.array([_has_group(k) for k in range(conf.domains)])[dom]
     logit += np.where(has_group, world.group[group], 0.0) + world.hour[dom] * (hour / 23 - 0.5)
     click = (u[5] < 1 / (1 + np.exp(-logit))).astype(np.int64)

@@ -2,18 +2,27 @@
 
     python jobs/experiment.py benchmark --out out/benchmark [--models cdtm,shared_bottom] [--seeds 0,1,2]
     python jobs/experiment.py paper --out out/paper [--target 0 --fraction 0.1] [--datasets movielens-1m,synthetic]
+    python jobs/experiment.py beyond --out out/beyond   # more sources, transferable share,
+                                                         # disjoint fields, negative transfer
 
 Writes DIR/results.json, DIR/results.md and DIR/results.png; re-running continues where it stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
 from cdtm.cli import DEFAULT_CONFIGS, parser, setup_logging
 from cdtm.config import ConfigError, load_config
-from cdtm.experiments import ALL_MODELS, benchmark_variants, paper_variants, run_variants
+from cdtm.experiments import (
+    ALL_MODELS,
+    benchmark_variants,
+    beyond_variants,
+    paper_variants,
+    run_variants,
+)
 from cdtm.lake import Lake
 from cdtm.spark import build_session
 from feature_etl.etl import dataset_of, run_etl
@@ -26,7 +35,7 @@ DATASETS = {
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("experiment", choices=["benchmark", "paper"])
+    p.add_argument("experiment", choices=["benchmark", "paper", "beyond"])
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--models", default=",".join(ALL_MODELS))
     p.add_argument("--seeds", default="0,1,2")
@@ -53,24 +62,31 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown models {unknown} (known: {', '.join(ALL_MODELS)})")
     seeds = [int(s) for s in args.seeds.split(",")]
-    default = "movielens-1m" if args.experiment == "benchmark" else "movielens-1m,synthetic"
+    default = {
+        "benchmark": "movielens-1m",
+        "paper": "movielens-1m,synthetic",
+        "beyond": "synthetic",
+    }[args.experiment]
     base = list(args.config or DEFAULT_CONFIGS)
 
     spark = None
     for name in (args.datasets or default).split(","):
         configs = [*base, DATASETS[name]]
-        lake = args.out / f"lake-{name}"
-        overrides = [*args.overrides, f"lake.root={lake}"]
         try:
-            cfg = load_config(configs, overrides)
+            cfg = load_config(configs, args.overrides)
         except ConfigError as e:
             print(f"config error: {e}", file=sys.stderr)
             return 2
-        if not Lake(str(lake)).exists("features"):
-            spark = spark or build_session(cfg.spark)
-            print(run_etl(spark, cfg).summary(), file=sys.stderr)
         if args.experiment == "benchmark":
             variants = benchmark_variants(models)
+        elif args.experiment == "beyond":
+            if name != "synthetic":
+                p.error("beyond: only the synthetic data set so far")
+            variants = [
+                dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
+                for v in beyond_variants()
+                if v.label.split(":")[0] in models
+            ]
         else:
             domains = dataset_of(cfg).domain.names  # type: ignore[union-attr]
             target = (
@@ -83,7 +99,17 @@ def main(argv: list[str] | None = None) -> int:
                 type(v)(f"{name}:{v.experiment}", v.label, v.overrides)
                 for v in paper_variants(domains, target, fraction, models)
             ]
-        run_variants(configs, overrides, variants, seeds, args.out)
+        # One lake per distinct data setting (most variants share the data set's own).
+        for data in dict.fromkeys(v.data for v in variants):
+            tag = "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in data)
+            lake = args.out / (f"lake-{name}-{tag}" if tag else f"lake-{name}")
+            overrides = [*args.overrides, *data, f"lake.root={lake}"]
+            if not Lake(str(lake)).exists("features"):
+                spark = spark or build_session(cfg.spark)
+                etl_cfg = load_config(configs, overrides)
+                print(run_etl(spark, etl_cfg).summary(), file=sys.stderr)
+            group = [v for v in variants if v.data == data]
+            run_variants(configs, overrides, group, seeds, args.out)
     print((args.out / "results.md").read_text())
     return 0
 

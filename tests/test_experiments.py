@@ -100,3 +100,41 @@ def test_paper_command_runs_end_to_end_on_tiny_synthetic_data(spark, tmp_path) -
     }
     assert all(r["test"]["auc"]["pooled"] is not None for r in runs)
     assert (out / "results.md").is_file() and (out / "results.png").is_file()
+
+
+def test_beyond_variants_answer_the_four_open_questions() -> None:
+    from cdtm.experiments import beyond_variants
+
+    vs = beyond_variants(sources=6)
+    by_exp: dict[str, list] = {}
+    for v in vs:
+        by_exp.setdefault(v.experiment, []).append(v)
+    assert set(by_exp) == {"sources", "transferable", "disjoint", "negative", "negative-reference"}
+    # 1: target alone, then target + 1..6 sources, on a 7-domain generator.
+    cdtm = [v for v in by_exp["sources"] if v.label.startswith("cdtm:")]
+    assert [v.label for v in cdtm] == [f"cdtm:{k}-sources" for k in range(1, 7)]
+    assert all(v.data == ("dataset.source.synthetic.domains=7",) for v in by_exp["sources"])
+    assert "train.train_domains=['d6', 'd0', 'd1', 'd2', 'd3', 'd4', 'd5']" in cdtm[-1].overrides
+    # 2: none / some / all transferable fields.
+    assert [o for v in by_exp["transferable"] for o in v.overrides if "transferable" in o] == [
+        "model.cdtm.transferable=[]",
+        "model.cdtm.transferable=['user_id', 'item_id']",
+        "model.cdtm.transferable=null",
+    ]
+    # 3 and 4: each with its own data, against single-domain and pooled DNNs.
+    assert {v.data for v in by_exp["disjoint"]} == {
+        ("dataset.source.synthetic.shared_fields=false",)
+    }
+    assert {v.data for v in by_exp["negative"]} == {
+        ("dataset.source.synthetic.unrelated_domains=1",)
+    }
+    assert {v.label for v in by_exp["negative"]} == {
+        "cdtm:all-sources",
+        "shared_bottom:all-sources",
+        "dnn_single:all-sources",
+    }
+    for v in vs:
+        load_config(
+            [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "synthetic.yaml"],
+            [*v.data, *v.overrides],
+        )  # every variant is a valid config

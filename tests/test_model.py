@@ -174,3 +174,14 @@ def test_attention_init_sets_the_starting_weight_on_dse() -> None:
     fixed = CDTM(SPEC, conf(cdtm={"attention": "none", "attention_init": 0.2}))
     _, parts = fixed.combine(toy_batch())
     assert torch.all(parts["a"] == 0.2)
+
+
+def test_transferable_subset_limits_gse_to_those_fields() -> None:
+    none = CDTM(SPEC, conf(cdtm={"transferable": []}))
+    assert not none.use_gse  # DSE alone, like the "no GSE" ablation
+    some = CDTM(SPEC, conf(cdtm={"transferable": ["user"]}))
+    assert some.transferable.tolist() == [True, False, False, False]
+    _, parts = some.combine(toy_batch())
+    assert not parts["shared"][:, 1:].any()  # item, ctx, grp use their DSE alone
+    with pytest.raises(ValueError, match=r"\['ctx'\] are not transferable"):
+        CDTM(SPEC, conf(cdtm={"transferable": ["user", "ctx"]}))

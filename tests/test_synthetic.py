@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
@@ -57,3 +59,39 @@ def test_generate_in_spark_is_partition_independent(spark) -> None:
     c = generate(spark, SyntheticConf(rows=3000, domains=3, seed=6, partitions=2))
     assert a.join(c, ["event_id", "user_id", "item_id"]).count() < 300  # another seed, other rows
     assert a.select(F.countDistinct("event_id")).first()[0] == 3000
+
+
+def test_unrelated_domain_changes_only_its_own_clicks() -> None:
+    base = SyntheticConf(rows=20_000, domains=4, seed=0)
+    alien = dataclasses.replace(base, unrelated_domains=1)
+    a = _rows(base, np.arange(base.rows), _World(base))
+    b = _rows(alien, np.arange(alien.rows), _World(alien))
+    d0 = a["domain"] == "d0"
+    assert a.loc[~d0].equals(b.loc[~d0])  # every other domain's events stay exactly the same
+    assert a.drop(columns="click").equals(b.drop(columns="click"))
+    # d0's clicks no longer follow the shared factors: p_u . q_i ranks them no better than chance.
+    from sklearn.metrics import roc_auc_score
+
+    world = _World(base)
+    users = a.loc[d0, "user_id"].str[1:].astype(int).to_numpy()
+    items = a.loc[d0, "item_id"].str[1:].astype(int).to_numpy()
+    shared = np.sum(world.p[users] * world.q[items], axis=1)
+    related = roc_auc_score(a.loc[d0, "click"].astype(int), shared)
+    unrelated = roc_auc_score(b.loc[d0, "click"].astype(int), shared)
+    assert related > 0.6 and abs(unrelated - 0.5) < 0.03, (related, unrelated)
+
+
+def test_disjoint_fields_share_nothing_between_target_and_sources() -> None:
+    conf = SyntheticConf(rows=1000, domains=4, shared_fields=False)
+    spec = dataset_spec(conf)
+    target = [f for f in spec.fields if "d3" in (f.domains or [])]
+    sources = [f for f in spec.fields if set(f.domains or []) & {"d0", "d1", "d2"}]
+    assert target and sources and not {f.name for f in target} & {f.name for f in sources}
+    assert not any(f.transferable for f in target)  # the target has no field to transfer
+    assert {f.name for f in sources if f.transferable} == {
+        "user_id_s",
+        "item_id_s",
+        "item_cat_s",
+        "user_group_s",
+    }
+    assert {f.source_column for f in target} >= {"user_id", "item_id"}  # same raw columns

@@ -12,6 +12,7 @@ Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -100,12 +101,28 @@ class CombinationAttention(nn.Module):
         )
 
 
+def only_transferable(spec: FeatureSpec, names: list[str] | None) -> FeatureSpec:
+    """The spec with only ``names`` (a subset of its transferable fields) left transferable."""
+    if names is None:
+        return spec
+    known = {f.name for f in spec.fields if f.transferable}
+    unknown = sorted(set(names) - known)
+    if unknown:
+        raise ValueError(
+            f"model.cdtm.transferable: {unknown} are not transferable fields of the spec "
+            f"(those are {sorted(known)})"
+        )
+    fields = tuple(dataclasses.replace(f, transferable=f.name in names) for f in spec.fields)
+    return dataclasses.replace(spec, fields=fields)
+
+
 class CDTM(CTRModel):
     transferable: torch.Tensor
 
     def __init__(self, spec: FeatureSpec, conf: ModelConf) -> None:
         super().__init__()
         k, c = conf.embed_dim, conf.cdtm
+        spec = only_transferable(spec, c.transferable)
         self.align_weight = c.align_weight if c.gse else 0.0
         self.dse = DomainSpecificEmbedding(spec, k, conf.embed_init_std)
         self.use_gse = c.gse and any(f.transferable for f in spec.fields)
