@@ -99,9 +99,14 @@ def write_transfer_report(report: dict[str, Any], out: Path) -> None:
         "| domain | AUC | AUC without GSE | change |",
         "|---|---|---|---|",
     ]
+
+    def fmt(x: float | None) -> str:
+        return "n/a" if x is None else f"{x:.4f}"
+
     for name, d in report["domains"].items():
         lines.append(
-            f"| {name} | {d['valid_auc']} | {d['valid_auc_without_gse']} | {d['auc_change_without_gse']} |"
+            f"| {name} | {fmt(d['valid_auc'])} | {fmt(d['valid_auc_without_gse'])} | "
+            f"{fmt(d['auc_change_without_gse'])} |"
         )
     lines += [
         "",
