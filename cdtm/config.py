@@ -294,6 +294,8 @@ class ModelConf:
     tower: list[int] = dataclasses.field(default_factory=lambda: [64])  # per-domain layers
     dropout: float = 0.0
     experts: int = 4  # mmoe
+    # "fm": add the pairwise inner products of the field embeddings to the logit (every model)
+    interaction: Literal["none", "fm"] = "none"
     cdtm: CdtmConf = dataclasses.field(default_factory=CdtmConf)
 
 
@@ -324,6 +326,8 @@ class TrainConf:
     domain_fraction: dict[str, float] = dataclasses.field(
         default_factory=dict
     )  # keep this share of a domain's train rows
+    # Experiments only: these domains' training labels are permuted (a source with no signal).
+    shuffle_labels: list[str] = dataclasses.field(default_factory=list)
     features_version: int | None = None  # None: the latest version of the features table
     model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
     plots: bool = True

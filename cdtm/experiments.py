@@ -136,6 +136,56 @@ def beyond_variants(sources: int = 6) -> list[Variant]:
     return out
 
 
+def beyond_real_variants(
+    domains: Sequence[str], fraction: float, models: Sequence[str] = ("cdtm", "shared_bottom")
+) -> list[Variant]:
+    """Issue #8, items 1 and 4, on a real data set whose domains all share their fields.
+
+    - ``sources-<t>``: each domain in turn is the sparse target (``fraction`` of its training
+      rows kept): alone (single-domain DNN), with each one source, with all sources (CDTM);
+    - ``negative``: target (the first domain) + one real source, against the same plus the last
+      domain as a source whose training labels are shuffled (a source with no signal).
+    """
+    sources: list[Variant] = []
+    for t in domains:
+        common = (
+            f"train.domain_fraction={{'{t}': {fraction}}}",
+            f"train.early_stop_domain='{t}'",
+        )
+        exp = f"sources-{t}"
+        only = (*common, "model.name=dnn_single", f"train.train_domains=['{t}']")
+        sources.append(Variant(exp, "dnn_single:target-only", only))
+        for s in [d for d in domains if d != t]:
+            pair = f"train.train_domains=['{t}', '{s}']"
+            sources.append(Variant(exp, f"cdtm:{t}+{s}", (*common, "model.name=cdtm", pair)))
+        sources.append(Variant(exp, "cdtm:all-sources", (*common, "model.name=cdtm")))
+    target, noise = domains[0], domains[-1]
+    real = [d for d in domains if d not in (target, noise)]
+    common = (
+        f"train.domain_fraction={{'{target}': {fraction}}}",
+        f"train.early_stop_domain='{target}'",
+    )
+    good = "+".join([target, *real])
+    with_good = "train.train_domains=[" + ", ".join(f"'{d}'" for d in [target, *real]) + "]"
+    out = [
+        Variant(
+            "negative",
+            "dnn_single:target-only",
+            (*common, "model.name=dnn_single", f"train.train_domains=['{target}']"),
+        )
+    ]
+    for m in models:
+        out.append(Variant("negative", f"{m}:{good}", (*common, f"model.name={m}", with_good)))
+        out.append(
+            Variant(
+                "negative",
+                f"{m}:{good}+shuffled-{noise}",
+                (*common, f"model.name={m}", f"train.shuffle_labels=['{noise}']"),
+            )
+        )
+    return out + sources
+
+
 def run_variants(
     base_configs: Sequence[str | Path],
     base_overrides: Sequence[str],

@@ -4,6 +4,8 @@
     python jobs/experiment.py paper --out out/paper [--target 0 --fraction 0.1] [--datasets movielens-1m,synthetic]
     python jobs/experiment.py beyond --out out/beyond   # more sources, transferable share,
                                                          # disjoint fields, negative transfer
+    python jobs/experiment.py beyond --datasets movielens-1m --out out/beyond-ml1m  # each
+        # domain as the sparse target with 0, 1, 2 sources; a source with shuffled labels
 
 Writes DIR/results.json, DIR/results.md and DIR/results.png; re-running continues where it stopped.
 """
@@ -19,6 +21,7 @@ from cdtm.config import ConfigError, load_config
 from cdtm.experiments import (
     ALL_MODELS,
     benchmark_variants,
+    beyond_real_variants,
     beyond_variants,
     paper_variants,
     run_variants,
@@ -53,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         "--fraction",
         type=float,
         default=0.1,
-        help="paper: share of the target's training rows kept",
+        help="paper, beyond (real data): share of the sparse target's training rows kept",
     )
     args = p.parse_args(argv)
     setup_logging()
@@ -80,11 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         if args.experiment == "benchmark":
             variants = benchmark_variants(models)
         elif args.experiment == "beyond":
-            if name != "synthetic":
-                p.error("beyond: only the synthetic data set so far")
+            found = (
+                beyond_variants()
+                if name == "synthetic"
+                else beyond_real_variants(dataset_of(cfg).domain.names, args.fraction)  # type: ignore[union-attr]
+            )
             variants = [
                 dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
-                for v in beyond_variants()
+                for v in found
                 if v.label.split(":")[0] in models
             ]
         else:

@@ -138,3 +138,28 @@ def test_beyond_variants_answer_the_four_open_questions() -> None:
             [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "synthetic.yaml"],
             [*v.data, *v.overrides],
         )  # every variant is a valid config
+
+
+def test_beyond_on_real_data_makes_each_domain_the_target_and_adds_a_shuffled_source() -> None:
+    from cdtm.experiments import beyond_real_variants
+
+    vs = beyond_real_variants(["0", "1", "2"], 0.1)
+    by_exp: dict[str, list] = {}
+    for v in vs:
+        by_exp.setdefault(v.experiment, []).append(v)
+    assert set(by_exp) == {"negative", "sources-0", "sources-1", "sources-2"}
+    assert [v.label for v in by_exp["sources-1"]] == [
+        "dnn_single:target-only",
+        "cdtm:1+0",
+        "cdtm:1+2",
+        "cdtm:all-sources",
+    ]
+    assert all("train.domain_fraction={'1': 0.1}" in v.overrides for v in by_exp["sources-1"])
+    shuffled = [v for v in by_exp["negative"] if "shuffled" in v.label]
+    assert [v.label for v in shuffled] == ["cdtm:0+1+shuffled-2", "shared_bottom:0+1+shuffled-2"]
+    assert all("train.shuffle_labels=['2']" in v.overrides for v in shuffled)
+    for v in vs:
+        load_config(
+            [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "movielens-1m.yaml"],
+            list(v.overrides),
+        )  # every variant is a valid config

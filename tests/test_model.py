@@ -185,3 +185,22 @@ def test_transferable_subset_limits_gse_to_those_fields() -> None:
     assert not parts["shared"][:, 1:].any()  # item, ctx, grp use their DSE alone
     with pytest.raises(ValueError, match=r"\['ctx'\] are not transferable"):
         CDTM(SPEC, conf(cdtm={"transferable": ["user", "ctx"]}))
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_fm_interaction_adds_the_pairwise_inner_products_to_the_logit(name: str) -> None:
+    torch.manual_seed(0)
+    plain = build_model(SPEC, conf(name=name))
+    torch.manual_seed(0)
+    fm = build_model(SPEC, conf(name=name, interaction="fm"))
+    fm.load_state_dict(plain.state_dict())  # same weights: only the interaction term differs
+    batch = toy_batch()
+    z = fm.combine(batch)[0] if isinstance(fm, CDTM) else None
+    if z is None:
+        emb = fm.emb  # type: ignore[attr-defined]
+        z = emb(batch.fields, batch.domain) if name == "dnn_single" else emb(batch.fields)
+    pairs = sum(
+        (z[:, i] * z[:, j]).sum(-1) for i in range(z.shape[1]) for j in range(i + 1, z.shape[1])
+    )
+    assert float(pairs.detach().abs().max()) > 1e-3
+    torch.testing.assert_close(fm(batch), plain(batch) + pairs)

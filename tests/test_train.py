@@ -88,6 +88,32 @@ def test_reader_domain_filter_and_down_sampling(ml100k) -> None:
     assert 0.2 < counts[2] / full[2] < 0.3
 
 
+def test_reader_shuffles_one_domains_labels_and_keeps_its_click_rate(ml100k) -> None:
+    cfg, _ = ml100k
+    inputs = resolve_inputs(cfg)
+
+    def rows(conf: ReaderConf, seed: int) -> dict[int, tuple[int, float]]:
+        reader = FeatureReader(inputs.files, inputs.spec, "train", conf, filtered=True)
+        return {
+            int(r): (int(d), float(y))
+            for b in reader.batches(seed)
+            for r, d, y in zip(b.row_id, b.domain, b.label)
+        }
+
+    plain = rows(ReaderConf(batch_size=4096), seed=3)
+    shuffled = rows(ReaderConf(batch_size=4096, shuffled_labels=(1,)), seed=3)
+    assert plain.keys() == shuffled.keys()
+    for d in range(3):
+        ids = [r for r, (dom, _) in plain.items() if dom == d]
+        before = np.array([plain[r][1] for r in ids])
+        after = np.array([shuffled[r][1] for r in ids])
+        assert before.sum() == after.sum()  # a permutation: the click rate is unchanged
+        if d == 1:
+            assert (before != after).mean() > 0.3  # labels moved to other rows
+        else:
+            assert (before == after).all()  # other domains untouched
+
+
 def test_tiny_train_on_movielens_100k_writes_a_verified_artifact(ml100k) -> None:
     cfg = tiny(ml100k[0], "model.name=cdtm", "train.model_version=ml100k-cdtm", "run.ds=2024-03-01")
     result = train_model(cfg)

@@ -27,6 +27,7 @@ class ReaderConf:
     workers: int = 0  # 0 or 1: one read-ahead thread, order fixed by the seed; > 1: N threads
     domains: tuple[int, ...] | None = None  # keep rows of these domain ids only
     fractions: tuple[tuple[int, float], ...] = ()  # (domain id, share of its rows to keep)
+    shuffled_labels: tuple[int, ...] = ()  # domain ids whose labels are permuted (experiments)
 
 
 _HASH_MOD = 1_000_003
@@ -43,6 +44,16 @@ def keep_mask(cols: dict[str, np.ndarray], conf: ReaderConf) -> np.ndarray:
     return keep
 
 
+def shuffle_labels(
+    cols: dict[str, np.ndarray], domains: Sequence[int], rng: np.random.Generator
+) -> None:
+    """Permute the labels among each listed domain's rows, in place: the click rate stays, the
+    link between features and label is gone (a deliberately useless source, issue #8)."""
+    for d in domains:
+        idx = np.flatnonzero(cols["domain"] == d)
+        cols["label"][idx] = cols["label"][rng.permutation(idx)]
+
+
 class FeatureReader:
     """Iterate one split of a table version as Batches, for one shard."""
 
@@ -56,7 +67,7 @@ class FeatureReader:
         shard_count: int = 1,
         filtered: bool = False,
     ) -> None:
-        """``filtered``: apply ``conf.domains`` / ``conf.fractions`` (used for training rows)."""
+        """``filtered``: apply ``conf.domains`` / ``fractions`` / ``shuffled_labels`` (training rows)."""
         if not files:
             raise ValueError("no data files: the features table version is empty")
         self.files = list(files)
@@ -64,7 +75,7 @@ class FeatureReader:
         self.split = split
         self.conf = conf
         self.cur_shard, self.shard_count = cur_shard, shard_count
-        self.filtered = filtered  # apply conf.domains / conf.fractions (training rows)
+        self.filtered = filtered
         self.columns = ["domain", "label", "split", "row_id", *spec.columns]
 
     def _row_groups(self, seed: int | None) -> Iterator[dict[str, np.ndarray]]:
@@ -126,6 +137,10 @@ class FeatureReader:
                 return
             merged = {c: np.concatenate([b[c] for b in buffer]) for c in buffer[0]}
             n = len(merged["label"])
+            if self.filtered and self.conf.shuffled_labels and rng is not None:
+                # Across the whole buffer (rows of many row groups, so of many users), anew
+                # each epoch, seeded like the row order.
+                shuffle_labels(merged, self.conf.shuffled_labels, rng)
             order = rng.permutation(n) if rng is not None else np.arange(n)
             usable = n if final else (n // size) * size
             for start in range(0, usable, size):

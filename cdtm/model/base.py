@@ -6,10 +6,17 @@ import torch
 from torch import nn
 
 from cdtm.data.batch import Batch
+from cdtm.model.layers import pairwise_interaction
 
 
 class CTRModel(nn.Module):
     """A multi-domain CTR model over a ``Batch``. Subclasses implement ``forward_train``."""
+
+    interaction: bool = False  # model.interaction == "fm": see ``with_interaction``
+
+    def with_interaction(self, logits: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        """``logits`` plus FM's pairwise term over the field embeddings ``z`` [B, F, k] when on."""
+        return logits + pairwise_interaction(z) if self.interaction else logits
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Logits [B] and named auxiliary losses (already weighted) for the training wrapper."""

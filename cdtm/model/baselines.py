@@ -33,10 +33,12 @@ class SharedBottom(CTRModel):
         )
         self.bottom, h = mlp(_input_dim(spec, conf), conf.bottom, conf.dropout)
         self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
+        self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = torch.cat([self.emb(batch.fields).flatten(1), batch.dense], dim=1)
-        return self.towers(self.bottom(x), batch.domain), {}
+        z = self.emb(batch.fields)
+        x = torch.cat([z.flatten(1), batch.dense], dim=1)
+        return self.with_interaction(self.towers(self.bottom(x), batch.domain), z), {}
 
 
 class SingleDomainDNN(CTRModel):
@@ -47,10 +49,12 @@ class SingleDomainDNN(CTRModel):
         self.towers = DomainTowers(
             len(spec.domains), _input_dim(spec, conf), [*conf.bottom, *conf.tower], conf.dropout
         )
+        self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = torch.cat([self.emb(batch.fields, batch.domain).flatten(1), batch.dense], dim=1)
-        return self.towers(x, batch.domain), {}
+        z = self.emb(batch.fields, batch.domain)
+        x = torch.cat([z.flatten(1), batch.dense], dim=1)
+        return self.with_interaction(self.towers(x, batch.domain), z), {}
 
 
 class MMoE(CTRModel):
@@ -66,14 +70,16 @@ class MMoE(CTRModel):
         self.gates = nn.Linear(in_dim, conf.experts * len(spec.domains))
         self.n_experts = conf.experts
         self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
+        self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = torch.cat([self.emb(batch.fields).flatten(1), batch.dense], dim=1)
+        z = self.emb(batch.fields)
+        x = torch.cat([z.flatten(1), batch.dense], dim=1)
         outs = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, H]
         gates = self.gates(x).view(x.shape[0], -1, self.n_experts)  # [B, D, E]
         gate = torch.softmax(gates[torch.arange(x.shape[0]), batch.domain], dim=-1)  # [B, E]
         h = (gate.unsqueeze(-1) * outs).sum(1)
-        return self.towers(h, batch.domain), {}
+        return self.with_interaction(self.towers(h, batch.domain), z), {}
 
 
 class StarLinear(nn.Module):
@@ -111,9 +117,11 @@ class STAR(CTRModel):
         self.domain_emb = nn.Embedding(n, conf.embed_dim)
         self.aux, h = mlp(conf.embed_dim + dims[0], [64], conf.dropout)
         self.aux_head = nn.Linear(h, 1)
+        self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        x = torch.cat([self.emb(batch.fields).flatten(1), batch.dense], dim=1)
+        z = self.emb(batch.fields)
+        x = torch.cat([z.flatten(1), batch.dense], dim=1)
         h = x
         for layer in self.layers:
             h = self.dropout(torch.relu(layer(h, batch.domain)))
@@ -121,4 +129,4 @@ class STAR(CTRModel):
         aux = self.aux_head(self.aux(torch.cat([self.domain_emb(batch.domain), x], dim=1))).squeeze(
             -1
         )
-        return main + aux, {}
+        return self.with_interaction(main + aux, z), {}

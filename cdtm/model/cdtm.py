@@ -140,6 +140,7 @@ class CDTM(CTRModel):
         in_dim = len(spec.fields) * k + len(spec.dense)
         self.bottom, h = mlp(in_dim, conf.bottom, conf.dropout)
         self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
+        self.interaction = conf.interaction == "fm"
 
     # Evaluation switch for the transfer report: z = e (DSE alone), as if GSE were off.
     without_gse: bool = False
@@ -159,7 +160,7 @@ class CDTM(CTRModel):
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, parts = self.combine(batch)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
-        logits = self.towers(self.bottom(x), batch.domain)
+        logits = self.with_interaction(self.towers(self.bottom(x), batch.domain), z)
         aux: dict[str, torch.Tensor] = {}
         if "m" in parts and self.align_weight > 0:
             shared = parts["shared"].squeeze(-1)

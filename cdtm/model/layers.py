@@ -48,6 +48,12 @@ class SegmentedEmbedding(nn.Module):
         return self.table(rows)
 
 
+def pairwise_interaction(z: torch.Tensor) -> torch.Tensor:
+    """FM's second-order term: sum over field pairs i < j of <z_i, z_j>, [B, F, k] -> [B]."""
+    total = z.sum(1)
+    return 0.5 * ((total * total).sum(-1) - (z * z).sum((1, 2)))
+
+
 def mlp(in_dim: int, hidden: Sequence[int], dropout: float) -> tuple[nn.Sequential, int]:
     layers: list[nn.Module] = []
     for h in hidden:
