@@ -139,6 +139,7 @@ class SyntheticConf:
     latent_dim: int = 8
     target_share: float = 0.05  # the last domain is the sparse target
     domain_shift: float = 0.5  # how far each domain's transform is from the shared one
+    signal: float = 2.0  # weight of the user x item factor term in the click logit
     partitions: int = 4
     # Negative transfer: the first N domains click by latent factors of their own, unrelated
     # to the others'.
@@ -326,8 +327,10 @@ class TrainConf:
     domain_fraction: dict[str, float] = dataclasses.field(
         default_factory=dict
     )  # keep this share of a domain's train rows
-    # Experiments only: these domains' training labels are permuted (a source with no signal).
+    # Experiments only: these domains' training labels are permuted (a source with no signal)
+    # or inverted (a source whose tastes are the opposite of the others').
     shuffle_labels: list[str] = dataclasses.field(default_factory=list)
+    flip_labels: list[str] = dataclasses.field(default_factory=list)
     features_version: int | None = None  # None: the latest version of the features table
     model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
     plots: bool = True

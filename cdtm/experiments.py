@@ -144,7 +144,8 @@ def beyond_real_variants(
     - ``sources-<t>``: each domain in turn is the sparse target (``fraction`` of its training
       rows kept): alone (single-domain DNN), with each one source, with all sources (CDTM);
     - ``negative``: target (the first domain) + one real source, against the same plus the last
-      domain as a source whose training labels are shuffled (a source with no signal).
+      domain as a source whose training labels are shuffled (no signal) or inverted (opposite
+      tastes: a dissimilar source).
     """
     sources: list[Variant] = []
     for t in domains:
@@ -176,13 +177,14 @@ def beyond_real_variants(
     ]
     for m in models:
         out.append(Variant("negative", f"{m}:{good}", (*common, f"model.name={m}", with_good)))
-        out.append(
-            Variant(
-                "negative",
-                f"{m}:{good}+shuffled-{noise}",
-                (*common, f"model.name={m}", f"train.shuffle_labels=['{noise}']"),
+        for kind, key in (("shuffled", "shuffle_labels"), ("flipped", "flip_labels")):
+            out.append(
+                Variant(
+                    "negative",
+                    f"{m}:{good}+{kind}-{noise}",
+                    (*common, f"model.name={m}", f"train.{key}=['{noise}']"),
+                )
             )
-        )
     return out + sources
 
 

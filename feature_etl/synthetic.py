@@ -4,7 +4,7 @@ Model of the data (D domains ``d0..d{D-1}``, the last one the sparse target):
 
 - users and items have latent vectors p_u, q_i in R^L shared by all domains;
 - domain d sees them through its own transform W_d = I + shift * N(0, 1/L):
-  logit = 2 p_u^T W_d q_i + b_d + ctx effect + user-group effect;
+  logit = signal * p_u^T W_d q_i + b_d + ctx effect + user-group effect (signal: 2);
 - field sets differ: every domain has ``user_id``, ``item_id``, ``item_cat``; even domains
   also have ``user_group``; each domain has its own context field ``ctx_d<k>``;
 - a field in two or more domains is transferable (shared in GSE); ``ctx_d<k>`` is not;
@@ -148,7 +148,7 @@ def _rows(conf: SyntheticConf, ids: np.ndarray, world: _World) -> pd.DataFrame:
     p = np.where(alien, world.p_alien[user], world.p[user])
     q = np.where(alien, world.q_alien[item], world.q[item])
     wq = np.einsum("nij,nj->ni", world.w[dom], q)
-    logit = 2.0 * np.sum(p * wq, axis=1) + world.bias[dom] + world.ctx[dom, ctx]
+    logit = conf.signal * np.sum(p * wq, axis=1) + world.bias[dom] + world.ctx[dom, ctx]
     has_group = np.array([_has_group(k) for k in range(conf.domains)])[dom]
     logit += np.where(has_group, world.group[group], 0.0) + world.hour[dom] * (hour / 23 - 0.5)
     click = (u[5] < 1 / (1 + np.exp(-logit))).astype(np.int64)

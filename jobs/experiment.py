@@ -33,6 +33,7 @@ from feature_etl.etl import dataset_of, run_etl
 DATASETS = {
     "movielens-1m": "conf/datasets/movielens-1m.yaml",
     "synthetic": "conf/datasets/synthetic.yaml",
+    "synthetic-strong": "conf/datasets/synthetic-strong.yaml",
 }
 
 
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.experiment == "beyond":
             found = (
                 beyond_variants()
-                if name == "synthetic"
+                if name.startswith("synthetic")
                 else beyond_real_variants(dataset_of(cfg).domain.names, args.fraction)  # type: ignore[union-attr]
             )
             variants = [

@@ -155,9 +155,10 @@ def test_beyond_on_real_data_makes_each_domain_the_target_and_adds_a_shuffled_so
         "cdtm:all-sources",
     ]
     assert all("train.domain_fraction={'1': 0.1}" in v.overrides for v in by_exp["sources-1"])
-    shuffled = [v for v in by_exp["negative"] if "shuffled" in v.label]
-    assert [v.label for v in shuffled] == ["cdtm:0+1+shuffled-2", "shared_bottom:0+1+shuffled-2"]
-    assert all("train.shuffle_labels=['2']" in v.overrides for v in shuffled)
+    for kind, key in (("shuffled", "shuffle_labels"), ("flipped", "flip_labels")):
+        noisy = [v for v in by_exp["negative"] if kind in v.label]
+        assert [v.label for v in noisy] == [f"cdtm:0+1+{kind}-2", f"shared_bottom:0+1+{kind}-2"]
+        assert all(f"train.{key}=['2']" in v.overrides for v in noisy)
     for v in vs:
         load_config(
             [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "movielens-1m.yaml"],

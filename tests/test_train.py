@@ -88,7 +88,7 @@ def test_reader_domain_filter_and_down_sampling(ml100k) -> None:
     assert 0.2 < counts[2] / full[2] < 0.3
 
 
-def test_reader_shuffles_one_domains_labels_and_keeps_its_click_rate(ml100k) -> None:
+def test_reader_shuffles_or_flips_one_domains_labels(ml100k) -> None:
     cfg, _ = ml100k
     inputs = resolve_inputs(cfg)
 
@@ -112,6 +112,9 @@ def test_reader_shuffles_one_domains_labels_and_keeps_its_click_rate(ml100k) -> 
             assert (before != after).mean() > 0.3  # labels moved to other rows
         else:
             assert (before == after).all()  # other domains untouched
+    flipped = rows(ReaderConf(batch_size=4096, flipped_labels=(2,)), seed=3)
+    for r, (d, y) in plain.items():
+        assert flipped[r] == (d, 1 - y if d == 2 else y)
 
 
 def test_tiny_train_on_movielens_100k_writes_a_verified_artifact(ml100k) -> None:

@@ -28,6 +28,7 @@ class ReaderConf:
     domains: tuple[int, ...] | None = None  # keep rows of these domain ids only
     fractions: tuple[tuple[int, float], ...] = ()  # (domain id, share of its rows to keep)
     shuffled_labels: tuple[int, ...] = ()  # domain ids whose labels are permuted (experiments)
+    flipped_labels: tuple[int, ...] = ()  # domain ids whose labels are inverted (experiments)
 
 
 _HASH_MOD = 1_000_003
@@ -67,7 +68,8 @@ class FeatureReader:
         shard_count: int = 1,
         filtered: bool = False,
     ) -> None:
-        """``filtered``: apply ``conf.domains`` / ``fractions`` / ``shuffled_labels`` (training rows)."""
+        """``filtered``: apply the domain filter, down-sampling and label experiments of ``conf``
+        (training rows only)."""
         if not files:
             raise ValueError("no data files: the features table version is empty")
         self.files = list(files)
@@ -99,6 +101,8 @@ class FeatureReader:
                 keep = cols["split"] == self.split
                 if self.filtered:
                     keep &= keep_mask(cols, self.conf)
+                    flip = np.isin(cols["domain"], self.conf.flipped_labels)
+                    cols["label"] = np.where(flip, 1 - cols["label"], cols["label"])
                 if keep.any():
                     yield {c: v[keep] for c, v in cols.items() if c != "split"}
 

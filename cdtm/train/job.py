@@ -96,7 +96,8 @@ def resolve_inputs(cfg: Config) -> TrainInputs:
 def reader_conf(cfg: Config, spec: FeatureSpec) -> ReaderConf:
     t = cfg.train
     ids = {name: i for i, name in enumerate(spec.domains)}
-    named = set(t.train_domains or []) | set(t.domain_fraction) | set(t.shuffle_labels)
+    named = set(t.train_domains or []) | set(t.domain_fraction)
+    named |= set(t.shuffle_labels) | set(t.flip_labels)
     unknown = sorted(named - set(ids))
     if t.early_stop_domain is not None and t.early_stop_domain not in ids:
         unknown.append(t.early_stop_domain)
@@ -111,6 +112,7 @@ def reader_conf(cfg: Config, spec: FeatureSpec) -> ReaderConf:
         domains=tuple(ids[d] for d in t.train_domains) if t.train_domains is not None else None,
         fractions=tuple((ids[d], f) for d, f in sorted(t.domain_fraction.items())),
         shuffled_labels=tuple(ids[d] for d in t.shuffle_labels),
+        flipped_labels=tuple(ids[d] for d in t.flip_labels),
     )
 
 
