@@ -7,7 +7,8 @@ For a row of domain d with fields F_d, transferable fields C_d:
   A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (V1 = 0, A = attention_init at init)
   z_f = A_f * e_f + (1 - A_f) * m_f       f in C_d;  z_f = e_f for f in F_d \\ C_d
   logit = tower_d(bottom(concat(z, dense)))
-Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2.
+Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2; by default
+(``align_moves: dse``) its gradient moves e only, m is held fixed in it.
 """
 
 from __future__ import annotations
@@ -124,6 +125,7 @@ class CDTM(CTRModel):
         k, c = conf.embed_dim, conf.cdtm
         spec = only_transferable(spec, c.transferable)
         self.align_weight = c.align_weight if c.gse else 0.0
+        self.align_moves = c.align_moves
         self.dse = DomainSpecificEmbedding(spec, k, conf.embed_init_std)
         self.use_gse = c.gse and any(f.transferable for f in spec.fields)
         if self.use_gse:
@@ -164,7 +166,12 @@ class CDTM(CTRModel):
         aux: dict[str, torch.Tensor] = {}
         if "m" in parts and self.align_weight > 0:
             shared = parts["shared"].squeeze(-1)
-            dist = ((parts["e"] - parts["m"]) ** 2).sum(-1)  # [B, F]
+            e, m = parts["e"], parts["m"]
+            if self.align_moves == "transfer":
+                e = e.detach()
+            elif self.align_moves == "dse":
+                m = m.detach()
+            dist = ((e - m) ** 2).sum(-1)  # [B, F]
             n = shared.sum().clamp_min(1)
             aux["align"] = self.align_weight * (dist * shared).sum() / n
         return logits, aux
