@@ -7,8 +7,8 @@ For a row of domain d with fields F_d, transferable fields C_d:
   A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (V1 = 0, A = attention_init at init)
   z_f = A_f * e_f + (1 - A_f) * m_f       f in C_d;  z_f = e_f for f in F_d \\ C_d
   logit = tower_d(bottom(concat(z, dense)))
-Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2; by default
-(``align_moves: dse``) its gradient moves e only, m is held fixed in it.
+Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2; it moves
+e, T and g (``align_moves: both``), or e only (``dse``) or T g only (``transfer``).
 """
 
 from __future__ import annotations
