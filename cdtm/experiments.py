@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cdtm.config import Config, load_config
+from cdtm.config import Config, DatasetConf, load_config
 from cdtm.train.job import train_model
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,7 @@ class Variant:
     data: tuple[
         str, ...
     ] = ()  # dataset overrides: variants with other data get a lake of their own
+    data_name: str = ""  # that lake's name (default: made from the overrides)
 
 
 def benchmark_variants(models: Sequence[str]) -> list[Variant]:
@@ -136,17 +137,43 @@ def beyond_variants(sources: int = 6) -> list[Variant]:
     return out
 
 
-def beyond_real_variants(
-    domains: Sequence[str], fraction: float, models: Sequence[str] = ("cdtm", "shared_bottom")
-) -> list[Variant]:
-    """Issue #8, items 1 and 4, on a real data set whose domains all share their fields.
+def disjoint_fields(dataset: DatasetConf, target: str) -> str:
+    """A ``dataset.fields=...`` override under which ``target`` and the other domains share no
+    field: each field becomes a target copy and a sources copy that read the same column."""
+    names = dataset.domain.names
+    sides = {"t": [target], "s": [d for d in names if d != target]}
+    fields = []
+    for f in dataset.fields:
+        for side, members in sides.items():
+            doms = [d for d in (f.domains or names) if d in members]
+            if doms:
+                spec = {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
+                spec.update(
+                    name=f"{f.name}_{side}",
+                    column=f.source_column,
+                    domains=doms,
+                    transferable=f.transferable and len(doms) > 1,
+                )
+                fields.append(spec)
+    return "dataset.fields=" + json.dumps(fields)
 
-    - ``sources-<t>``: each domain in turn is the sparse target (``fraction`` of its training
-      rows kept): alone (single-domain DNN), with each one source, with all sources (CDTM);
+
+def beyond_real_variants(
+    dataset: DatasetConf, fraction: float, models: Sequence[str] = ("cdtm", "shared_bottom")
+) -> list[Variant]:
+    """Issue #8 on a real data set whose domains all share their fields. The sparse target
+    keeps ``fraction`` of its training rows; early stopping watches it.
+
     - ``negative``: target (the first domain) + one real source, against the same plus the last
       domain as a source whose training labels are shuffled (no signal) or inverted (opposite
-      tastes: a dissimilar source).
+      tastes: a dissimilar source);
+    - ``transferable``: CDTM with no, some (the user and item id fields) or all transferable
+      fields in GSE;
+    - ``disjoint``: the target and the sources share no field (each field split in two);
+    - ``sources-<t>``: each domain in turn is the target: alone (single-domain DNN), with each
+      one source, with all sources (CDTM).
     """
+    domains = dataset.domain.names
     sources: list[Variant] = []
     for t in domains:
         common = (
@@ -185,6 +212,24 @@ def beyond_real_variants(
                     (*common, f"model.name={m}", f"train.{key}=['{noise}']"),
                 )
             )
+    ids = [
+        f.name
+        for f in dataset.fields
+        if f.transferable and f.source_column in (dataset.keys.user, dataset.keys.item)
+    ]
+    for label, fields in (("none", "[]"), ("some", repr(ids)), ("all", "null")):
+        out.append(
+            Variant(
+                "transferable",
+                f"cdtm:{label}",
+                (*common, "model.name=cdtm", f"model.cdtm.transferable={fields}"),
+            )
+        )
+    split = (disjoint_fields(dataset, target),)
+    for m in ("cdtm", "shared_bottom", "dnn_single"):
+        out.append(
+            Variant("disjoint", f"{m}:all-sources", (*common, f"model.name={m}"), split, "disjoint")
+        )
     return out + sources
 
 

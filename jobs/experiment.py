@@ -4,8 +4,9 @@
     python jobs/experiment.py paper --out out/paper [--target 0 --fraction 0.1] [--datasets movielens-1m,synthetic]
     python jobs/experiment.py beyond --out out/beyond   # more sources, transferable share,
                                                          # disjoint fields, negative transfer
-    python jobs/experiment.py beyond --datasets movielens-1m --out out/beyond-ml1m  # each
-        # domain as the sparse target with 0, 1, 2 sources; a source with shuffled labels
+    python jobs/experiment.py beyond --datasets movielens-1m --out out/beyond-ml1m  # the same
+        # questions on real data: each domain as the target, a source with shuffled or
+        # inverted labels, transferable share, fields split between target and sources
 
 Writes DIR/results.json, DIR/results.md and DIR/results.png; re-running continues where it stopped.
 """
@@ -87,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             found = (
                 beyond_variants()
                 if name.startswith("synthetic")
-                else beyond_real_variants(dataset_of(cfg).domain.names, args.fraction)  # type: ignore[union-attr]
+                else beyond_real_variants(dataset_of(cfg), args.fraction)
             )
             variants = [
                 dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
@@ -107,8 +108,9 @@ def main(argv: list[str] | None = None) -> int:
                 for v in paper_variants(domains, target, fraction, models)
             ]
         # One lake per distinct data setting (most variants share the data set's own).
-        for data in dict.fromkeys(v.data for v in variants):
-            tag = "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in data)
+        data_names = {v.data: v.data_name for v in variants}
+        for data, data_name in data_names.items():
+            tag = data_name or "-".join(o.rsplit(".", 1)[-1].replace("=", "_") for o in data)
             lake = args.out / (f"lake-{name}-{tag}" if tag else f"lake-{name}")
             overrides = [*args.overrides, *data, f"lake.root={lake}"]
             if not Lake(str(lake)).exists("features"):

@@ -143,11 +143,21 @@ def test_beyond_variants_answer_the_four_open_questions() -> None:
 def test_beyond_on_real_data_makes_each_domain_the_target_and_adds_a_shuffled_source() -> None:
     from cdtm.experiments import beyond_real_variants
 
-    vs = beyond_real_variants(["0", "1", "2"], 0.1)
+    configs = [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "movielens-1m.yaml"]
+    dataset = load_config(configs, []).dataset
+    assert dataset is not None
+    vs = beyond_real_variants(dataset, 0.1)
     by_exp: dict[str, list] = {}
     for v in vs:
         by_exp.setdefault(v.experiment, []).append(v)
-    assert set(by_exp) == {"negative", "sources-0", "sources-1", "sources-2"}
+    assert set(by_exp) == {
+        "negative",
+        "transferable",
+        "disjoint",
+        "sources-0",
+        "sources-1",
+        "sources-2",
+    }
     assert [v.label for v in by_exp["sources-1"]] == [
         "dnn_single:target-only",
         "cdtm:1+0",
@@ -159,8 +169,17 @@ def test_beyond_on_real_data_makes_each_domain_the_target_and_adds_a_shuffled_so
         noisy = [v for v in by_exp["negative"] if kind in v.label]
         assert [v.label for v in noisy] == [f"cdtm:0+1+{kind}-2", f"shared_bottom:0+1+{kind}-2"]
         assert all(f"train.{key}=['2']" in v.overrides for v in noisy)
+    assert [o[-1] for o in (v.overrides for v in by_exp["transferable"])] == [
+        "model.cdtm.transferable=[]",
+        "model.cdtm.transferable=['user_id', 'movie_id']",  # the user and item id fields
+        "model.cdtm.transferable=null",
+    ]
     for v in vs:
-        load_config(
-            [REPO / "conf" / "local.yaml", REPO / "conf" / "datasets" / "movielens-1m.yaml"],
-            list(v.overrides),
-        )  # every variant is a valid config
+        load_config(configs, [*v.data, *v.overrides])  # every variant is a valid config
+    # Disjoint: every field split into a target copy and a sources copy of the same column.
+    split = load_config(configs, list(by_exp["disjoint"][0].data)).dataset
+    assert split is not None and len(split.fields) == 2 * len(dataset.fields)
+    for f in split.fields:
+        assert f.domains == (["0"] if f.name.endswith("_t") else ["1", "2"])
+        assert f.transferable == (f.name.endswith("_s"))
+    assert {v.data_name for v in by_exp["disjoint"]} == {"disjoint"}
