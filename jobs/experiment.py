@@ -9,6 +9,7 @@
         # inverted labels, transferable share, fields split between target and sources
 
 Writes DIR/results.json, DIR/results.md and DIR/results.png; re-running continues where it stopped.
+--only task1,negative runs only those experiments.
 """
 
 from __future__ import annotations
@@ -60,6 +61,11 @@ def main(argv: list[str] | None = None) -> int:
         default=0.1,
         help="paper, beyond (real data): share of the sparse target's training rows kept",
     )
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma list of experiments to run (e.g. negative,disjoint; default: all)",
+    )
     args = p.parse_args(argv)
     setup_logging()
     models = [m for m in args.models.split(",") if m]
@@ -107,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                 type(v)(f"{name}:{v.experiment}", v.label, v.overrides)
                 for v in paper_variants(domains, target, fraction, models)
             ]
+        if args.only:
+            keep = set(args.only.split(","))
+            known = sorted({v.experiment.split(":", 1)[-1] for v in variants})
+            variants = [v for v in variants if v.experiment.split(":", 1)[-1] in keep]
+            if not variants:
+                p.error(f"--only {args.only}: no such experiment for {name} (known: {known})")
         # One lake per distinct data setting (most variants share the data set's own).
         data_names = {v.data: v.data_name for v in variants}
         for data, data_name in data_names.items():

@@ -102,6 +102,18 @@ def test_paper_command_runs_end_to_end_on_tiny_synthetic_data(spark, tmp_path) -
     assert (out / "results.md").is_file() and (out / "results.png").is_file()
 
 
+def test_only_refuses_an_experiment_name_it_does_not_know(tmp_path: Path) -> None:
+    import pytest
+
+    from jobs.experiment import main
+
+    args = ["beyond", "--out", str(tmp_path), "--datasets", "synthetic"]
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--only", "negativ"])  # a typo must not run nothing quietly
+    assert e.value.code == 2
+    assert not (tmp_path / "results.json").exists()
+
+
 def test_beyond_variants_answer_the_four_open_questions() -> None:
     from cdtm.experiments import beyond_variants
 
