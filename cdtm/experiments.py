@@ -43,6 +43,14 @@ def benchmark_variants(models: Sequence[str]) -> list[Variant]:
     return [Variant("benchmark", m, (f"model.name={m}",)) for m in models]
 
 
+def sparse_target(target: str, fraction: float) -> tuple[str, str]:
+    """Keep ``fraction`` of the target's training rows; early stopping watches the target."""
+    return (
+        f"train.domain_fraction={{'{target}': {fraction}}}",
+        f"train.early_stop_domain='{target}'",
+    )
+
+
 def paper_variants(
     domains: Sequence[str], target: str, fraction: float, models: Sequence[str]
 ) -> list[Variant]:
@@ -51,10 +59,7 @@ def paper_variants(
     The target's training rows are down-sampled to ``fraction``; early stopping watches the target.
     """
     sources = [d for d in domains if d != target]
-    common = (
-        f"train.domain_fraction={{'{target}': {fraction}}}",
-        f"train.early_stop_domain='{target}'",
-    )
+    common = sparse_target(target, fraction)
     out: list[Variant] = []
     if "dnn_single" in models:
         out.append(
@@ -137,10 +142,18 @@ def beyond_variants(sources: int = 6) -> list[Variant]:
     return out
 
 
+def domain_names(dataset: DatasetConf) -> list[str]:
+    if dataset.domain is None:
+        raise ValueError(
+            f"dataset {dataset.name}: no domain spec, so no domains to transfer between"
+        )
+    return dataset.domain.names
+
+
 def disjoint_fields(dataset: DatasetConf, target: str) -> str:
     """A ``dataset.fields=...`` override under which ``target`` and the other domains share no
     field: each field becomes a target copy and a sources copy that read the same column."""
-    names = dataset.domain.names
+    names = domain_names(dataset)
     sides = {"t": [target], "s": [d for d in names if d != target]}
     fields = []
     for f in dataset.fields:
@@ -173,13 +186,10 @@ def beyond_real_variants(
     - ``sources-<t>``: each domain in turn is the target: alone (single-domain DNN), with each
       one source, with all sources (CDTM).
     """
-    domains = dataset.domain.names
+    domains = domain_names(dataset)
     sources: list[Variant] = []
     for t in domains:
-        common = (
-            f"train.domain_fraction={{'{t}': {fraction}}}",
-            f"train.early_stop_domain='{t}'",
-        )
+        common = sparse_target(t, fraction)
         exp = f"sources-{t}"
         only = (*common, "model.name=dnn_single", f"train.train_domains=['{t}']")
         sources.append(Variant(exp, "dnn_single:target-only", only))
@@ -189,10 +199,7 @@ def beyond_real_variants(
         sources.append(Variant(exp, "cdtm:all-sources", (*common, "model.name=cdtm")))
     target, noise = domains[0], domains[-1]
     real = [d for d in domains if d not in (target, noise)]
-    common = (
-        f"train.domain_fraction={{'{target}': {fraction}}}",
-        f"train.early_stop_domain='{target}'",
-    )
+    common = sparse_target(target, fraction)
     good = "+".join([target, *real])
     with_good = "train.train_domains=[" + ", ".join(f"'{d}'" for d in [target, *real]) + "]"
     out = [
@@ -212,11 +219,8 @@ def beyond_real_variants(
                     (*common, f"model.name={m}", f"train.{key}=['{noise}']"),
                 )
             )
-    ids = [
-        f.name
-        for f in dataset.fields
-        if f.transferable and f.source_column in (dataset.keys.user, dataset.keys.item)
-    ]
+    keys = (dataset.keys.user, dataset.keys.item) if dataset.keys else ()
+    ids = [f.name for f in dataset.fields if f.transferable and f.source_column in keys]
     for label, fields in (("none", "[]"), ("some", repr(ids)), ("all", "null")):
         out.append(
             Variant(
