@@ -37,8 +37,10 @@ $(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
 	env $$($(PY) -c "import torch; print('HOROVOD_GPU_OPERATIONS=NCCL' if torch.version.cuda else '')") \
 	$(PY) -m pip install --no-build-isolation 'horovod==0.28.1'
-	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build | tee /dev/stderr | grep 'X\] PyTorch' >/dev/null
-	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build | grep 'X\] Gloo' >/dev/null
+	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build > $(VENV)/horovod-build.txt
+	cat $(VENV)/horovod-build.txt
+	grep 'X\] PyTorch' $(VENV)/horovod-build.txt >/dev/null
+	grep 'X\] Gloo' $(VENV)/horovod-build.txt >/dev/null
 	$(PY) -m pip check
 	@touch $@
 
