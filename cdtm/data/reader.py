@@ -101,8 +101,9 @@ class FeatureReader:
                 keep = cols["split"] == self.split
                 if self.filtered:
                     keep &= keep_mask(cols, self.conf)
-                    flip = np.isin(cols["domain"], self.conf.flipped_labels)
-                    cols["label"] = np.where(flip, 1 - cols["label"], cols["label"])
+                    if self.conf.flipped_labels:
+                        flip = np.isin(cols["domain"], self.conf.flipped_labels)
+                        cols["label"] = np.where(flip, 1 - cols["label"], cols["label"])
                 if keep.any():
                     yield {c: v[keep] for c, v in cols.items() if c != "split"}
 
