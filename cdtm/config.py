@@ -209,6 +209,28 @@ class FieldConf:
         return self.column or self.name
 
 
+def split_fields(fields: Sequence[FieldConf], names: Sequence[str], target: str) -> list[FieldConf]:
+    """``fields`` with nothing shared between ``target`` and the other domains: each field
+    becomes a target copy (``<name>_t``) and a sources copy (``<name>_s``) of the same column;
+    a copy stays transferable where it still spans two or more domains."""
+    sides = {"t": [target], "s": [d for d in names if d != target]}
+    out = []
+    for f in fields:
+        for side, members in sides.items():
+            doms = [d for d in (f.domains or names) if d in members]
+            if doms:
+                out.append(
+                    dataclasses.replace(
+                        f,
+                        name=f"{f.name}_{side}",
+                        column=f.source_column,
+                        domains=doms,
+                        transferable=f.transferable and len(doms) > 1,
+                    )
+                )
+    return out
+
+
 @dataclasses.dataclass(frozen=True)
 class DenseConf:
     """One numeric feature, scaled to [0, 1] by its declared range (clipped)."""

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cdtm.config import Config, DatasetConf, load_config
+from cdtm.config import Config, DatasetConf, load_config, split_fields
 from cdtm.train.job import train_model
 
 log = logging.getLogger(__name__)
@@ -153,22 +153,9 @@ def domain_names(dataset: DatasetConf) -> list[str]:
 def disjoint_fields(dataset: DatasetConf, target: str) -> str:
     """A ``dataset.fields=...`` override under which ``target`` and the other domains share no
     field: each field becomes a target copy and a sources copy that read the same column."""
-    names = domain_names(dataset)
-    sides = {"t": [target], "s": [d for d in names if d != target]}
-    fields = []
-    for f in dataset.fields:
-        for side, members in sides.items():
-            doms = [d for d in (f.domains or names) if d in members]
-            if doms:
-                spec = {k: v for k, v in dataclasses.asdict(f).items() if v is not None}
-                spec.update(
-                    name=f"{f.name}_{side}",
-                    column=f.source_column,
-                    domains=doms,
-                    transferable=f.transferable and len(doms) > 1,
-                )
-                fields.append(spec)
-    return "dataset.fields=" + json.dumps(fields)
+    fields = split_fields(dataset.fields, domain_names(dataset), target)
+    specs = [{k: v for k, v in dataclasses.asdict(f).items() if v is not None} for f in fields]
+    return "dataset.fields=" + json.dumps(specs)
 
 
 def beyond_real_variants(

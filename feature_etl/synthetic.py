@@ -33,6 +33,7 @@ from cdtm.config import (
     SourceConf,
     SyntheticConf,
     TimestampConf,
+    split_fields,
 )
 
 BASE_TS = 1704067200  # 2024-01-01T00:00:00Z
@@ -63,19 +64,7 @@ def dataset_spec(conf: SyntheticConf) -> DatasetConf:
     if not conf.shared_fields and len(names) > 1:
         # The target's fields and the sources' read the same columns but are different fields:
         # nothing is shared across the two sides.
-        sides = {"t": [names[-1]], "s": names[:-1]}
-        fields = [
-            FieldConf(
-                name=f"{f.name}_{side}",
-                column=f.name,
-                domains=[d for d in (f.domains or names) if d in members],
-                transferable=len([d for d in (f.domains or names) if d in members]) > 1,
-                required=f.required,
-            )
-            for f in fields
-            for side, members in sides.items()
-            if any(d in members for d in (f.domains or names))
-        ]
+        fields = split_fields(fields, names, names[-1])
     fields += [FieldConf(name=f"ctx_{n}", domains=[n]) for n in names]
     return DatasetConf(
         name="synthetic",
