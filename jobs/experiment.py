@@ -110,15 +110,17 @@ def main(argv: list[str] | None = None) -> int:
             )
             fraction = args.fraction if name == "movielens-1m" else 1.0
             variants = [
-                type(v)(f"{name}:{v.experiment}", v.label, v.overrides)
+                dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
                 for v in paper_variants(domains, target, fraction, models)
             ]
         if args.only:
             keep = set(args.only.split(","))
             known = sorted({v.experiment.split(":", 1)[-1] for v in variants})
+            if keep - set(known):
+                p.error(
+                    f"--only: no experiment {sorted(keep - set(known))} for {name} (known: {known})"
+                )
             variants = [v for v in variants if v.experiment.split(":", 1)[-1] in keep]
-            if not variants:
-                p.error(f"--only {args.only}: no such experiment for {name} (known: {known})")
         # One lake per distinct data setting (most variants share the data set's own).
         data_names = {v.data: v.data_name for v in variants}
         for data, data_name in data_names.items():

@@ -112,6 +112,10 @@ def test_only_refuses_an_experiment_name_it_does_not_know(tmp_path: Path) -> Non
         main([*args, "--only", "negativ"])  # a typo must not run nothing quietly
     assert e.value.code == 2
     assert not (tmp_path / "results.json").exists()
+    with pytest.raises(SystemExit) as e:
+        main([*args, "--only", "disjoint,negativ"])  # nor drop one name of several quietly
+    assert e.value.code == 2
+    assert not (tmp_path / "results.json").exists()
 
 
 def test_beyond_variants_answer_the_four_open_questions() -> None:
