@@ -25,6 +25,7 @@ from cdtm.experiments import (
     benchmark_variants,
     beyond_real_variants,
     beyond_variants,
+    domain_names,
     paper_variants,
     run_variants,
 )
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
                 if v.label.split(":")[0] in models
             ]
         else:
-            domains = dataset_of(cfg).domain.names  # type: ignore[union-attr]
+            domains = domain_names(dataset_of(cfg))
             target = (
                 args.target
                 if args.target is not None and args.target in domains
@@ -115,10 +116,11 @@ def main(argv: list[str] | None = None) -> int:
             ]
         if args.only:
             keep = set(args.only.split(","))
-            known = sorted({v.experiment.split(":", 1)[-1] for v in variants})
-            if keep - set(known):
+            known = {v.experiment.split(":", 1)[-1] for v in variants}
+            if keep - known:
                 p.error(
-                    f"--only: no experiment {sorted(keep - set(known))} for {name} (known: {known})"
+                    f"--only: no experiment {sorted(keep - known)} for {name} "
+                    f"(known: {sorted(known)})"
                 )
             variants = [v for v in variants if v.experiment.split(":", 1)[-1] in keep]
         # One lake per distinct data setting (most variants share the data set's own).
