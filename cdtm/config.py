@@ -334,6 +334,8 @@ class TrainConf:
     max_epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-5
+    # Validate and keep an exponential moving average of the weights (decay per step); 0: off.
+    ema: float = 0.0
     patience: int = 4  # epochs without a better validation AUC before stopping
     seed: int = 0
     early_stop_domain: str | None = None  # None: pooled validation AUC
@@ -366,6 +368,8 @@ class TrainConf:
     def __post_init__(self) -> None:
         if self.model_version is not None:
             check_name("train.model_version", self.model_version)
+        if not 0.0 <= self.ema < 1.0:
+            raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0: off, e.g. 0.999)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -33,6 +33,10 @@ from cdtm.lake import Lake
 from cdtm.spark import build_session
 from feature_etl.etl import dataset_of, run_etl
 
+# The benchmark validates and keeps a moving average of every model's weights: it lifts each
+# model's test AUC on MovieLens-1M by .003-.004 (README). A --set train.ema=... still wins.
+BENCHMARK_SETTINGS = ("train.ema=0.999",)
+
 DATASETS = {
     "movielens-1m": "conf/datasets/movielens-1m.yaml",
     "synthetic": "conf/datasets/synthetic.yaml",
@@ -80,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
         "beyond": "synthetic",
     }[args.experiment]
     base = list(args.config or DEFAULT_CONFIGS)
+    if args.experiment == "benchmark":
+        args.overrides = [*BENCHMARK_SETTINGS, *args.overrides]
 
     spark = None
     for name in (args.datasets or default).split(","):

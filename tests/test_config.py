@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from cdtm.config import ConfigError, EtlConf, build, load_config, resolve_path
+from cdtm.config import ConfigError, EtlConf, TrainConf, build, load_config, resolve_path
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL = REPO / "conf" / "local.yaml"
@@ -94,6 +94,12 @@ def test_spark_conf_override_keeps_dotted_key_and_string_value() -> None:
 def test_split_fractions_validated() -> None:
     with pytest.raises(ConfigError, match="sum to 1"):
         build(EtlConf, {"split": {"train": 0.9, "valid": 0.2, "test": 0.1}})
+
+
+@pytest.mark.parametrize("ema", [1.0, -0.1])
+def test_weight_average_decay_validated(ema: float) -> None:
+    with pytest.raises(ConfigError, match="train.ema"):
+        build(TrainConf, {"ema": ema})
 
 
 def test_dataset_field_with_undeclared_domain_fails() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections import Counter
 from collections.abc import Iterator
@@ -174,6 +175,25 @@ def test_tiny_train_on_synthetic_data(synthetic_lake) -> None:
         assert result.metrics["test.auc.d3"] is not None  # the sparse target is evaluated
 
 
+def test_weight_averaging_keeps_the_average_not_the_last_weights(synthetic_lake) -> None:
+    cfg = tiny(synthetic_lake[0], "train.max_epochs=1")
+    inputs = resolve_inputs(cfg)
+    data = LakeData(inputs, reader_conf(cfg, inputs.spec))
+
+    def trained(ema: float) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = build_model(inputs.spec, cfg.model)
+        conf = dataclasses.replace(cfg.train, ema=ema)
+        fit(model, conf, data, inputs.spec.domains, device=torch.device("cpu"))
+        return model.state_dict()
+
+    last, instant, averaged = trained(0.0), trained(1e-12), trained(0.9)
+    # The same steps: an average that forgets at once is the last weights; a slow one is not.
+    for name, w in last.items():
+        assert torch.allclose(instant[name], w), name
+    assert any(not torch.allclose(averaged[n], w, atol=1e-4) for n, w in last.items())
+
+
 class Crash(RuntimeError):
     pass
 
@@ -215,6 +235,7 @@ def _resume_matches(base: Config, tmp_path: Path) -> None:
         "train.max_epochs=2",
         "train.checkpoint_every=5",
         "train.patience=5",
+        "train.ema=0.9",  # the weight average is resumed too: the test compares it
         "model.dropout=0.1",
     )
     inputs = resolve_inputs(cfg)

@@ -20,7 +20,9 @@ class Backend(Protocol):
 
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor: ...
 
-    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None: ...
+    def broadcast_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ) -> None: ...
 
     def broadcast_object(self, obj: Any) -> Any: ...
 
@@ -42,7 +44,9 @@ class SingleProcess:
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor:
         return value
 
-    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def broadcast_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
         del model, optimizer
 
     def broadcast_object(self, obj: Any) -> Any:
@@ -77,9 +81,12 @@ class HorovodBackend:
     def gather_arrays(self, value: torch.Tensor) -> torch.Tensor:
         return self.hvd.allgather(value)  # concatenated along dim 0; lengths may differ by rank
 
-    def broadcast_state(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    def broadcast_state(
+        self, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None = None
+    ) -> None:
         self.hvd.broadcast_parameters(model.state_dict(), root_rank=0)
-        self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+        if optimizer is not None:
+            self.hvd.broadcast_optimizer_state(optimizer, root_rank=0)
 
     def broadcast_object(self, obj: Any) -> Any:
         return self.hvd.broadcast_object(obj, root_rank=0)

@@ -18,11 +18,12 @@ import math
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from cdtm.config import TrainConf
 from cdtm.data.batch import Batch
@@ -149,11 +150,18 @@ def fit(
         "history": [],
     }
     best_state = copy.deepcopy(model.state_dict())
+    # Weight averaging: validation, early stopping and the artifact use the average, which the
+    # optimizer's steps feed; on MovieLens-1M it lifts every model's test AUC (README).
+    averaged = (
+        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(conf.ema)) if conf.ema else None
+    )
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.exists():
         saved = checkpoint.load(last)
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        if averaged is not None and "averaged" in saved:  # else: averaging starts now
+            averaged.load_state_dict(saved["averaged"])
         state = saved["state"]
         torch.set_rng_state(saved["rng"])
         best_path = last.with_name("best.pt")
@@ -165,6 +173,8 @@ def fit(
             )
     state = backend.broadcast_object(state)  # ranks without the checkpoint file follow rank 0
     backend.broadcast_state(model, optimizer)
+    if averaged is not None:
+        backend.broadcast_state(averaged)
     optimizer = backend.wrap_optimizer(optimizer, model)
     key = conf.early_stop_domain or "pooled"
 
@@ -175,6 +185,7 @@ def fit(
                 {
                     "model": model.state_dict(),
                     "optimizer": optimizer.state_dict(),
+                    **({"averaged": averaged.state_dict()} if averaged is not None else {}),
                     "state": state,
                     "rng": torch.get_rng_state(),
                 },
@@ -208,6 +219,8 @@ def fit(
             optimizer.zero_grad()  # Horovod's wrapper takes no arguments
             total.backward()
             optimizer.step()
+            if averaged is not None:
+                averaged.update_parameters(model)
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
             fault_point("train.step", state["global_step"])
@@ -227,13 +240,14 @@ def fit(
                     rows * backend.size / max(time.time() - t0, 1e-9),
                 )
         train_seconds = time.time() - t0
-        valid = evaluate(model, data.eval_batches("valid"), domains, device, backend)
+        kept = cast(CTRModel, averaged.module) if averaged is not None else model
+        valid = evaluate(kept, data.eval_batches("valid"), domains, device, backend)
         metric = valid["auc"][key]
         score = metric if metric is not None else -math.inf
         improved = score > state["best"]
         if improved:
             state.update(best=score, best_epoch=epoch, bad_epochs=0)
-            best_state = copy.deepcopy(model.state_dict())
+            best_state = copy.deepcopy(kept.state_dict())
             if last is not None and backend.is_main:
                 checkpoint.save(last.with_name("best.pt"), {"model": best_state})
         else:
