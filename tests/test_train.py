@@ -175,7 +175,9 @@ def test_tiny_train_on_synthetic_data(synthetic_lake) -> None:
         assert result.metrics["test.auc.d3"] is not None  # the sparse target is evaluated
 
 
-def test_weight_averaging_keeps_the_average_not_the_last_weights(synthetic_lake) -> None:
+def test_weight_averaging_keeps_the_average_not_the_last_weights(
+    synthetic_lake, caplog: pytest.LogCaptureFixture
+) -> None:
     cfg = tiny(synthetic_lake[0], "train.max_epochs=1")
     inputs = resolve_inputs(cfg)
     data = LakeData(inputs, reader_conf(cfg, inputs.spec))
@@ -192,6 +194,9 @@ def test_weight_averaging_keeps_the_average_not_the_last_weights(synthetic_lake)
     for name, w in last.items():
         assert torch.allclose(instant[name], w), name
     assert any(not torch.allclose(averaged[n], w, atol=1e-4) for n, w in last.items())
+    assert "still holds" not in caplog.text
+    trained(0.9999)  # a horizon far beyond this short run: the user is told
+    assert "train.ema=0.9999: after" in caplog.text and "still holds" in caplog.text
 
 
 class Crash(RuntimeError):
