@@ -276,14 +276,15 @@ def fit(
             state["done"] = True
         save_checkpoint()
 
-    if averaged is not None and backend.is_main and conf.ema ** state["global_step"] > 0.1:
+    steps_run = state["global_step"]
+    if averaged is not None and backend.is_main and conf.ema**steps_run > 0.1:
         log.warning(
             "train.ema=%s: after %d steps the average still holds %.0f%% of the first weights; "
             "a decay of about %.4f averages over a tenth of this run",
             conf.ema,
-            state["global_step"],
-            100 * conf.ema ** state["global_step"],
-            1 - 10 / max(state["global_step"], 11),
+            steps_run,
+            100 * conf.ema**steps_run,
+            1 - 10 / max(steps_run, 11),
         )
     model.load_state_dict(best_state)
     backend.broadcast_state(model, optimizer)  # after a resume only rank 0 may have read best.pt
