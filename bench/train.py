@@ -137,8 +137,10 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     valid = [next(FeatureReader(files, spec, "valid", conf).batches(None))]
     data = PetastormData(files, spec, conf, valid)
     rate, params = epoch_and_params(dataclasses.replace(cfg.model, name="cdtm"), train, spec, data)
-    # Weights, gradients and Adam's two moments, float32: grows with the vocabularies, not rows.
-    state_mb = round(4 * params * 4 / 2**20, 1)
+    # Weights, gradients, Adam's two moments and the weight average (train.ema), float32: grows
+    # with the vocabularies, not the rows.
+    copies = 5 if train.ema else 4
+    state_mb = round(copies * params * 4 / 2**20, 1)
     peak = max_rss_mb()
     return {
         "samples_per_s": round(rate),

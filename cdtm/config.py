@@ -334,8 +334,9 @@ class TrainConf:
     max_epochs: int = 30
     lr: float = 1e-3
     weight_decay: float = 1e-5
-    # Validate and keep an exponential moving average of the weights (decay per step); 0: off.
-    ema: float = 0.0
+    # Validate and keep a moving average of the weights: the mean of all steps until
+    # 1 / (1 - ema) steps, then exponential with this decay per step; 0: off.
+    ema: float = 0.999
     patience: int = 4  # epochs without a better validation AUC before stopping
     seed: int = 0
     early_stop_domain: str | None = None  # None: pooled validation AUC

@@ -23,7 +23,7 @@ from typing import Any, Protocol, cast
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 
 from cdtm.config import TrainConf
 from cdtm.data.batch import Batch
@@ -110,6 +110,23 @@ def evaluate(
     return ctr_metrics(y, p, d, domains)
 
 
+def weight_average(decay: float) -> Any:
+    """AveragedModel's update for a moving average of the weights with a warm-up.
+
+    The t-th weights enter with weight max(1 / t, 1 - decay): the mean of every step's weights
+    until t = 1 / (1 - decay), then an exponential average with ``decay`` per step. A run
+    shorter than that horizon gets the mean of its steps, not an average still mostly made of
+    its first weights (which a plain exponential average started from them would be).
+    """
+
+    @torch.no_grad()
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor], n: torch.Tensor) -> None:
+        # n weights averaged so far (n >= 1: AveragedModel copies the first ones)
+        torch._foreach_lerp_(averaged, current, max(1.0 / (float(n) + 1.0), 1.0 - decay))
+
+    return update
+
+
 def fit(
     model: CTRModel,
     conf: TrainConf,
@@ -152,9 +169,7 @@ def fit(
     best_state = copy.deepcopy(model.state_dict())
     # Weight averaging: validation, early stopping and the artifact use the average, which the
     # optimizer's steps feed; on MovieLens-1M it lifts every model's test AUC (README).
-    averaged = (
-        AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(conf.ema)) if conf.ema else None
-    )
+    averaged = AveragedModel(model, multi_avg_fn=weight_average(conf.ema)) if conf.ema else None
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.exists():
         saved = checkpoint.load(last)
@@ -276,16 +291,6 @@ def fit(
             state["done"] = True
         save_checkpoint()
 
-    steps_run = state["global_step"]
-    if averaged is not None and backend.is_main and conf.ema**steps_run > 0.1:
-        log.warning(
-            "train.ema=%s: after %d steps the average still holds %.0f%% of the first weights; "
-            "a decay of about %.4f averages over a tenth of this run",
-            conf.ema,
-            steps_run,
-            100 * conf.ema**steps_run,
-            1 - 10 / max(steps_run, 11),
-        )
     model.load_state_dict(best_state)
     backend.broadcast_state(model, optimizer)  # after a resume only rank 0 may have read best.pt
     valid = evaluate(model, data.eval_batches("valid"), domains, device, backend)
