@@ -335,7 +335,8 @@ class TrainConf:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     # Validate and keep a moving average of the weights: the mean of all steps until
-    # 1 / (1 - ema) steps, then exponential with this decay per step; 0: off.
+    # 1 / (1 - ema) batches, then exponential with this decay per batch (per step of one
+    # process; N ranks: ema ** N per step); 0: off.
     ema: float = 0.999
     patience: int = 4  # epochs without a better validation AUC before stopping
     seed: int = 0

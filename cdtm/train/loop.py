@@ -168,8 +168,14 @@ def fit(
     }
     best_state = copy.deepcopy(model.state_dict())
     # Weight averaging: validation, early stopping and the artifact use the average, which the
-    # optimizer's steps feed; on MovieLens-1M it lifts every model's test AUC (README).
-    averaged = AveragedModel(model, multi_avg_fn=weight_average(conf.ema)) if conf.ema else None
+    # optimizer's steps feed; on MovieLens-1M it lifts every model's test AUC (README). The
+    # decay is per batch of rows: a step of N ranks takes N batches, so its decay is ema ** N
+    # and the average spans as many rows (as many epochs) whatever the number of ranks.
+    averaged = (
+        AveragedModel(model, multi_avg_fn=weight_average(conf.ema**backend.size))
+        if conf.ema
+        else None
+    )
     last = checkpoint_dir / "last.pt" if checkpoint_dir else None
     if resume and last is not None and last.exists():
         saved = checkpoint.load(last)
