@@ -64,8 +64,8 @@ PROFILE_NOTES = [
     "round trip of the key strings) and writes them in the same Python worker (one trip through "
     "the JVM instead of two).",
     "memory: ru_maxrss of a forked child reported the parent's peak (identical 2.3 GB at every "
-    "size); the child now reads VmHWM. Model state (4 x parameters) grows with the synthetic "
-    "vocabularies, so the streaming check excludes it.",
+    "size); the child now reads VmHWM. Model state (4 x parameters, 5 with the weight average) "
+    "grows with the synthetic vocabularies, so the streaming check excludes it.",
 ]
 
 
