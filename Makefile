@@ -64,7 +64,7 @@ benchmark: setup data
 paper: setup data
 	$(PY) jobs/experiment.py paper --out out/paper
 
-# Speed and memory, each as a ratio against a baseline measured in the same run (about 25 min
+# Speed and memory, each as a ratio against a baseline measured in the same run (about 8 min
 # on 2 cores): bench/results/latest.json, summary.md and charts. See README, Performance.
 bench: setup horovod
 	$(PY) -m bench.run

@@ -1,6 +1,6 @@
 """Run every benchmark and write ``bench/results/latest.json``, ``summary.md`` and PNG charts.
 
-    python -m bench.run                 # the full set (make bench), about 25 min on 2 cores
+    python -m bench.run                 # the full set (make bench), about 8 min on 2 cores
     python -m bench.run --quick         # tiny sizes, one repeat: checks the code, not the speed
     python -m bench.run --only etl,reader --rows 1000000,4000000 --repeats 3
 
@@ -64,7 +64,7 @@ PROFILE_NOTES = [
     "round trip of the key strings) and writes them in the same Python worker (one trip through "
     "the JVM instead of two).",
     "memory: ru_maxrss of a forked child reported the parent's peak (identical 2.3 GB at every "
-    "size); the child now reads VmHWM. Model state (4 x parameters, 5 with the weight average) "
+    "size); the child now reads VmHWM. Model state (5 x parameters, 6 with the weight average) "
     "grows with the synthetic vocabularies, so the streaming check excludes it.",
 ]
 
@@ -219,14 +219,19 @@ def main(argv: list[str] | None = None) -> int:
         },
         "notes": [],
     }
+    # When each stage's figures were measured: a partial re-run keeps the others' figures and
+    # their dates, and the notes say which come from which run.
+    dates = results["meta"]["stage_dates"] = {s: results["meta"]["date"] for s in stages}
     previous = out / "latest.json"
     if set(stages) != set(STAGES) and previous.exists():
-        # A partial re-run: keep the other stages' figures from the last run, and say so.
         old = json.loads(previous.read_text())
         kept = [s for s in STAGES if s not in stages and s in old]
         results.update({s: old[s] for s in kept})
-        if kept:
-            results["notes"].append(f"{', '.join(kept)}: from the run of {old['meta']['date']}")
+        old_dates = old["meta"].get("stage_dates", {})
+        dates.update({s: old_dates.get(s, old["meta"]["date"]) for s in kept})
+        for date in sorted({dates[s] for s in kept}):
+            same = [s for s in kept if dates[s] == date]
+            results["notes"].append(f"{', '.join(same)}: from the run of {date}")
     try:
         lakes = {rows: str(args.work / f"lake-{rows}") for rows in sizes}
         if "etl" in stages:

@@ -137,9 +137,9 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
     valid = [next(FeatureReader(files, spec, "valid", conf).batches(None))]
     data = PetastormData(files, spec, conf, valid)
     rate, params = epoch_and_params(dataclasses.replace(cfg.model, name="cdtm"), train, spec, data)
-    # Weights, gradients, Adam's two moments and the weight average (train.ema), float32: grows
-    # with the vocabularies, not the rows.
-    copies = 5 if train.ema else 4
+    # Weights, gradients, Adam's two moments, the best epoch's weights (kept for the restore)
+    # and the weight average (train.ema), float32: grows with the vocabularies, not the rows.
+    copies = 6 if train.ema else 5
     state_mb = round(copies * params * 4 / 2**20, 1)
     peak = max_rss_mb()
     return {

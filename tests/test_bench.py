@@ -26,9 +26,7 @@ KEYS = (
 )
 
 
-@pytest.fixture(scope="module")
-def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    work = tmp_path_factory.mktemp("bench")
+def run_bench(work: Path, stages: str) -> None:
     proc = subprocess.run(
         [
             sys.executable,
@@ -38,7 +36,7 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
             "--rows",
             "6000,12000",
             "--only",
-            "etl,reader,train,memory,score",
+            stages,
             "--work",
             str(work),
             "--out",
@@ -51,6 +49,12 @@ def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
         timeout=900,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    work = tmp_path_factory.mktemp("bench")
+    run_bench(work, "etl,reader,train,memory,score")
     return work
 
 
@@ -102,3 +106,19 @@ def test_duckdb_baseline_produces_the_etl_rows(quick_run: Path) -> None:
     assert [
         tuple(int(v) if isinstance(v, int) else float(v) for v in r.values()) for r in ours
     ] == [tuple(int(v) if isinstance(v, int) else float(v) for v in r) for r in theirs]
+
+
+def test_a_partial_rerun_keeps_the_other_stages_and_says_when_they_ran(quick_run: Path) -> None:
+    latest = quick_run / "out" / "latest.json"
+    first = json.loads(latest.read_text())
+    first["meta"]["stage_dates"]["etl"] = "2000-01-01 00:00 UTC"  # as if from an older run
+    latest.write_text(json.dumps(first))
+    run_bench(quick_run, "reader")
+    second = json.loads(latest.read_text())
+    dates = second["meta"]["stage_dates"]
+    assert dates["reader"] == second["meta"]["date"]
+    assert dates["etl"] == "2000-01-01 00:00 UTC"
+    assert dates["train"] == first["meta"]["stage_dates"]["train"]
+    assert second["etl"] == first["etl"] and second["train"] == first["train"]
+    assert "etl: from the run of 2000-01-01 00:00 UTC" in second["notes"]
+    assert f"train, memory, score: from the run of {dates['train']}" in second["notes"]
