@@ -86,12 +86,15 @@ def verdict(value: float | None, test: str, threshold: float) -> str:
 
 
 def write_summary(results: dict[str, Any], out: Path) -> None:
+    meta = results["meta"]
+    ran = meta.get("stages", STAGES)  # a partial re-run's seconds cover its own stages only
+    scope = "" if set(ran) == set(STAGES) else f" of {', '.join(ran)}"
     lines = [
-        f"# Benchmarks ({results['meta']['date']}, {results['meta']['cores']} cores, "
-        f"{'quick' if results['meta']['quick'] else 'full'} run, {results['meta']['seconds']:.0f} s)",
+        f"# Benchmarks ({meta['date']}, {meta['cores']} cores, "
+        f"{'quick' if meta['quick'] else 'full'} run{scope}, {meta['seconds']:.0f} s)",
         "",
         "Ratios are throughput ours / baseline (higher is better) unless named growth; medians of "
-        f"{results['meta']['repeats']} runs, baseline measured in the same run.",
+        f"{meta['repeats']} runs, baseline measured in the same run.",
         "",
         "| key | value | target | verdict |",
         "|---|---|---|---|",
@@ -215,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "quick": quick,
             "repeats": repeats,
             "sizes": sizes,
+            "stages": stages,
             "train_steps": steps,
         },
         "notes": [],

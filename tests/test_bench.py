@@ -122,3 +122,4 @@ def test_a_partial_rerun_keeps_the_other_stages_and_says_when_they_ran(quick_run
     assert second["etl"] == first["etl"] and second["train"] == first["train"]
     assert "etl: from the run of 2000-01-01 00:00 UTC" in second["notes"]
     assert f"train, memory, score: from the run of {dates['train']}" in second["notes"]
+    assert "quick run of reader, " in (quick_run / "out" / "summary.md").read_text()
