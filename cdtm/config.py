@@ -341,6 +341,13 @@ class TrainConf:
     patience: int = 4  # epochs without a better validation AUC before stopping
     seed: int = 0
     early_stop_domain: str | None = None  # None: pooled validation AUC
+    # The click loss: "rows" weighs every training row alike (the pooled mean BCE, the
+    # benchmark protocol's loss); "domains" weighs every domain alike (the mean over the
+    # batch's domains of each domain's mean BCE: MODEL.md's sum_d mean BCE_d divided by the
+    # number of domains, so the alignment weight keeps its meaning). domain_loss_weights
+    # multiplies a domain's share (a row's, under "rows"); unnamed domains weigh 1.
+    loss_weighting: Literal["rows", "domains"] = "rows"
+    domain_loss_weights: dict[str, float] = dataclasses.field(default_factory=dict)
     checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends only
     log_every: int = 50  # steps between progress lines
     max_steps_per_epoch: int = 0  # 0: the whole training split (tiny profiles set it)
@@ -372,6 +379,9 @@ class TrainConf:
             check_name("train.model_version", self.model_version)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0: off, e.g. 0.999)")
+        negative = {d: w for d, w in self.domain_loss_weights.items() if not w >= 0}
+        if negative:
+            raise ConfigError(f"train.domain_loss_weights: {negative} must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -102,6 +102,13 @@ def test_weight_average_decay_validated(ema: float) -> None:
         build(TrainConf, {"ema": ema})
 
 
+def test_loss_weighting_and_domain_weights_validated() -> None:
+    with pytest.raises(ConfigError, match="loss_weighting"):
+        build(TrainConf, {"loss_weighting": "domain"})
+    with pytest.raises(ConfigError, match="train.domain_loss_weights"):
+        build(TrainConf, {"domain_loss_weights": {"0": 2.0, "1": -1.0}})
+
+
 def test_dataset_field_with_undeclared_domain_fails() -> None:
     with pytest.raises(
         ConfigError, match=r"dataset\.fields\[zz\]\.domains: unknown domains \['9'\]"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,14 +15,14 @@ import torch
 from pyspark.sql import functions as F
 from torch.optim.swa_utils import AveragedModel
 
-from cdtm.config import Config
+from cdtm.config import Config, TrainConf
 from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
 from cdtm.model import build_model
 from cdtm.train.artifacts import ArtifactError, load_artifact
 from cdtm.train.job import LakeData, reader_conf, resolve_inputs, train_model
-from cdtm.train.loop import fit, predict, weight_average
+from cdtm.train.loop import click_loss, domain_weights, fit, predict, weight_average
 from tests.conftest import tiny_config as tiny
 
 
@@ -174,6 +175,44 @@ def test_tiny_train_on_synthetic_data(synthetic_lake) -> None:
         )
         assert result.metrics["test.auc.pooled"] > 0.6, name
         assert result.metrics["test.auc.d3"] is not None  # the sparse target is evaluated
+
+
+def bce_of(x: float, y: float) -> float:
+    """One row's binary cross-entropy from its logit, written out."""
+    p = 1 / (1 + math.exp(-x))
+    return -(y * math.log(p) + (1 - y) * math.log(1 - p))
+
+
+def test_click_loss_weighs_rows_or_domains() -> None:
+    logits = torch.tensor([0.3, -1.2, 2.0, 0.1, -0.4], requires_grad=True)
+    label = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0])
+    domain = torch.tensor([0, 2, 2, 2, 2])  # domain 1 is absent from this batch
+    row = [float(bce_of(x, y)) for x, y in zip(logits.tolist(), label.tolist(), strict=True)]
+    d2 = sum(row[1:]) / 4
+
+    def loss(weighting: str, weights: list[float] | None) -> float:
+        w = torch.tensor(weights) if weights is not None else None
+        return float(click_loss(logits, label, domain, weighting, w).detach())
+
+    assert loss("rows", None) == pytest.approx(sum(row) / 5)
+    assert loss("rows", [3.0, 1.0, 1.0]) == pytest.approx((3 * row[0] + sum(row[1:])) / 7)
+    # every domain present counts alike: domain 0's one row weighs as much as domain 2's four
+    assert loss("domains", [1.0, 1.0, 1.0]) == pytest.approx((row[0] + d2) / 2)
+    assert loss("domains", [1.0, 5.0, 3.0]) == pytest.approx((row[0] + 3 * d2) / 4)
+
+    # a domain weighted 0 sends no gradient; the others do
+    click_loss(logits, label, domain, "domains", torch.tensor([0.0, 1.0, 1.0])).backward()
+    assert logits.grad is not None
+    assert logits.grad[0] == 0 and bool((logits.grad[1:] != 0).all())
+
+
+def test_domain_loss_weights_name_known_domains() -> None:
+    conf = TrainConf(domain_loss_weights={"0": 2.0})
+    assert domain_weights(conf, ["0", "1"]).tolist() == [2.0, 1.0]
+    assert domain_weights(TrainConf(), ["0", "1"]) is None  # the plain mean over rows
+    assert domain_weights(TrainConf(loss_weighting="domains"), ["0", "1"]).tolist() == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"train.domain_loss_weights: unknown domains \['7'\]"):
+        domain_weights(TrainConf(domain_loss_weights={"7": 2.0}), ["0", "1"])
 
 
 def test_weight_average_is_the_mean_of_the_steps_then_exponential() -> None:

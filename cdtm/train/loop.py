@@ -110,6 +110,45 @@ def evaluate(
     return ctr_metrics(y, p, d, domains)
 
 
+def domain_weights(conf: TrainConf, domains: Sequence[str]) -> torch.Tensor | None:
+    """Each domain's loss weight, by domain index; None: the plain mean over rows."""
+    if conf.loss_weighting == "rows" and not conf.domain_loss_weights:
+        return None
+    unknown = sorted(set(conf.domain_loss_weights) - set(domains))
+    if unknown:
+        raise ValueError(
+            f"train.domain_loss_weights: unknown domains {unknown} "
+            f"(the feature spec has {list(domains)})"
+        )
+    return torch.tensor([float(conf.domain_loss_weights.get(d, 1.0)) for d in domains])
+
+
+def click_loss(
+    logits: torch.Tensor,
+    label: torch.Tensor,
+    domain: torch.Tensor,
+    weighting: str,
+    weights: torch.Tensor | None,
+) -> torch.Tensor:
+    """BCE over a batch, every row alike (``rows``) or every domain present alike (``domains``).
+
+    ``weights`` [D] scale a domain's rows (``rows``) or its mean (``domains``); the result is
+    divided by the total weight, so it stays on the scale of one mean BCE. None: the plain mean.
+    """
+    if weights is None:
+        return F.binary_cross_entropy_with_logits(logits, label)
+    per_row = F.binary_cross_entropy_with_logits(logits, label, reduction="none")
+    w = weights.to(per_row)
+    if weighting == "rows":
+        row_w = w[domain]
+        return (per_row * row_w).sum() / row_w.sum().clamp_min(1e-12)
+    onehot = F.one_hot(domain, w.numel()).to(per_row)  # [B, D]
+    counts = onehot.sum(0)
+    w = w * (counts > 0)  # a domain absent from the batch has no mean
+    means = (per_row @ onehot) / counts.clamp_min(1)
+    return (w * means).sum() / w.sum().clamp_min(1e-12)
+
+
 def weight_average(decay: float) -> Any:
     """AveragedModel's update for a moving average of the weights with a warm-up.
 
@@ -198,6 +237,9 @@ def fit(
         backend.broadcast_state(averaged)
     optimizer = backend.wrap_optimizer(optimizer, model)
     key = conf.early_stop_domain or "pooled"
+    loss_weights = domain_weights(conf, domains)
+    if loss_weights is not None:
+        loss_weights = loss_weights.to(device)
 
     def save_checkpoint() -> None:
         if last is not None and backend.is_main:
@@ -235,7 +277,9 @@ def fit(
                 batch_rows = len(batch)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     logits, aux = model.forward_train(batch)
-                loss = F.binary_cross_entropy_with_logits(logits.float(), batch.label)
+                loss = click_loss(
+                    logits.float(), batch.label, batch.domain, conf.loss_weighting, loss_weights
+                )
                 total = loss + sum(aux.values()) if aux else loss
             optimizer.zero_grad()  # Horovod's wrapper takes no arguments
             total.backward()
