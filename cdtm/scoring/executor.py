@@ -30,8 +30,10 @@ _LOADED: dict[str, tuple[CTRModel, FeatureSpec]] = {}
 
 def _model(artifact: str) -> tuple[CTRModel, FeatureSpec]:
     if artifact not in _LOADED:
+        from cdtm.model.base import flush_denormals
         from cdtm.train.artifacts import load_artifact
 
+        flush_denormals()
         model, spec, _ = load_artifact(Path(artifact))
         torch.set_num_threads(1)  # one Spark task per core already
         _LOADED[artifact] = (model, spec)

@@ -23,6 +23,7 @@ from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
 from cdtm.model import CDTM, build_model
+from cdtm.model.base import flush_denormals
 from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
 from cdtm.train import plots
 from cdtm.train.artifacts import write_artifact
@@ -151,6 +152,7 @@ def train_model(
     write: bool = True,
 ) -> TrainResult:
     """Train ``cfg.model`` on the lake's features; rank 0 writes the artifact."""
+    flush_denormals()  # first: before torch's thread pool starts
     backend = backend or SingleProcess()
     inputs = inputs or resolve_inputs(cfg)
     if cfg.train.threads:
