@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,10 +17,11 @@ import torch
 
 from bench.common import log, max_rss_mb, median, run_child
 from bench.reader import arrow_batches, snapshot
-from cdtm.config import Config, ModelConf, TrainConf, load_config
+from cdtm.config import CdtmConf, Config, ModelConf, TrainConf, load_config
 from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.model import build_model
+from cdtm.model.base import flush_denormals
 from cdtm.spec import FeatureSpec
 from cdtm.train.loop import fit
 
@@ -95,6 +97,7 @@ def bench_train(cfg: Config, lake_root: str, repeats: int, steps: int) -> dict[s
             + ", ".join(f"{k} {v[-1]:,.0f}/s" for k, v in runs.items())
         )
     med = {k: median(v) for k, v in runs.items()}
+    subnormal = subnormal_speedup(cfg, lake_root, repeats)
     out = {
         "steps": steps,
         "batch_size": train.batch_size,
@@ -104,9 +107,58 @@ def bench_train(cfg: Config, lake_root: str, repeats: int, steps: int) -> dict[s
         "runs": {k: [round(x) for x in v] for k, v in runs.items()},
         "feed_ratio": round(med["petastorm"] / med["memory"], 4),
         "cdtm_vs_shared_bottom": round(med["memory"] / med["shared_bottom"], 4),
+        **subnormal,
     }
     log(f"train: feed ratio {out['feed_ratio']}, CDTM/pooled DNN {out['cdtm_vs_shared_bottom']}")
     return out
+
+
+def subnormal_speedup(cfg: Config, lake_root: str, repeats: int) -> dict[str, Any]:
+    """CDTM steps/s with subnormal weights, subnormals flushed (as training and scoring do) / kept.
+
+    Each side runs in its own process: the CPU's flush mode is per thread, inherited by the
+    threads a process starts after it is set.
+    """
+    runs: dict[str, list[float]] = {"kept": [], "flushed": []}
+    for _ in range(repeats):
+        for mode, rates in runs.items():
+            args = {"subnormal": mode, "lake": lake_root, "batch_size": cfg.train.batch_size}
+            rates.append(
+                run_child("bench.train", {**args, "model": dataclasses.asdict(cfg.model)})[
+                    "steps_per_s"
+                ]
+            )
+    med = {k: median(v) for k, v in runs.items()}
+    log(f"train: subnormal weights, steps/s kept {med['kept']:.2f}, flushed {med['flushed']:.2f}")
+    return {
+        "steps_per_s_subnormals_kept": round(med["kept"], 2),
+        "steps_per_s_subnormals_flushed": round(med["flushed"], 2),
+        "subnormal_flush_speedup": round(med["flushed"] / med["kept"], 2),
+    }
+
+
+def _subnormal_child(args: dict[str, Any]) -> dict[str, Any]:
+    """Forward and backward passes of CDTM whose weights hold subnormals, as trained ones did
+    (README, Performance): every weight below 1e-2 in size is scaled into the subnormal range."""
+    if args["subnormal"] == "flushed":
+        flush_denormals()
+    torch.set_num_threads(1)
+    files, spec = snapshot(args["lake"])
+    batch = next(iter(arrow_batches(files, spec, "train", args["batch_size"], 0)))
+    model_conf = ModelConf(
+        **{**args["model"], "name": "cdtm", "cdtm": CdtmConf(**args["model"]["cdtm"])}
+    )
+    torch.manual_seed(0)
+    model = build_model(spec, model_conf)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.where(p.abs() < 1e-2, p * 1e-37, p))
+    steps, t0 = 0, time.perf_counter()
+    while steps < 3 or time.perf_counter() - t0 < 2.0:
+        model.zero_grad()
+        model(batch).sum().backward()
+        steps += 1
+    return {"steps_per_s": steps / (time.perf_counter() - t0)}
 
 
 def memory_profile(lakes: dict[int, str], configs: list[str]) -> dict[str, Any]:
@@ -152,4 +204,6 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_child(json.loads(sys.argv[1]))))
+    child_args = json.loads(sys.argv[1])
+    run = _subnormal_child if "subnormal" in child_args else _child
+    print(json.dumps(run(child_args)))

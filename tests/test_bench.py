@@ -22,6 +22,7 @@ KEYS = (
     "reader.ratio_vs_pyarrow",
     "train.feed_ratio",
     "train.peak_rss_mb",
+    "train.subnormal_flush_speedup",
     "score.ratio_vs_inprocess",
 )
 
@@ -75,6 +76,10 @@ def test_quick_run_writes_every_tracked_key(quick_run: Path) -> None:
         etl["duckdb_seconds"] / etl["spark_seconds"], rel=1e-2
     )
     assert results["reader"]["rows"] > 0
+    train = results["train"]
+    assert train["subnormal_flush_speedup"] == pytest.approx(
+        train["steps_per_s_subnormals_flushed"] / train["steps_per_s_subnormals_kept"], rel=2e-2
+    )
     assert results["score"]["rows"] == 6000
     summary = (quick_run / "out" / "summary.md").read_text()
     assert "train.feed_ratio" in summary and "| 12,000 |" in summary
