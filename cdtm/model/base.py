@@ -14,7 +14,7 @@ def flush_denormals() -> None:
 
     Training drives some weights toward zero (weight decay, dead ReLU units) and leaves
     values below 1.2e-38 in them; x86 cores take a microcode assist on each, and a matmul
-    over such weights ran 170 times slower (a CDTM epoch: 10 s -> 3 min). The mode is per
+    over such weights ran 170 times slower (a benchmark run fell from 37k to 5k rows/s). The mode is per
     thread and new threads inherit it: call this before torch starts its intra-op pool.
     """
     torch.set_flush_denormal(True)
