@@ -17,7 +17,7 @@ import torch
 
 from bench.common import log, max_rss_mb, median, run_child
 from bench.reader import arrow_batches, snapshot
-from cdtm.config import CdtmConf, Config, ModelConf, TrainConf, load_config
+from cdtm.config import Config, ModelConf, TrainConf, build, load_config, to_dict
 from cdtm.data.batch import Batch
 from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.model import build_model
@@ -124,9 +124,7 @@ def subnormal_speedup(cfg: Config, lake_root: str, repeats: int) -> dict[str, An
         for mode, rates in runs.items():
             args = {"subnormal": mode, "lake": lake_root, "batch_size": cfg.train.batch_size}
             rates.append(
-                run_child("bench.train", {**args, "model": dataclasses.asdict(cfg.model)})[
-                    "steps_per_s"
-                ]
+                run_child("bench.train", {**args, "model": to_dict(cfg.model)})["steps_per_s"]
             )
     med = {k: median(v) for k, v in runs.items()}
     log(f"train: subnormal weights, steps/s kept {med['kept']:.2f}, flushed {med['flushed']:.2f}")
@@ -145,9 +143,7 @@ def _subnormal_child(args: dict[str, Any]) -> dict[str, Any]:
     torch.set_num_threads(1)
     files, spec = snapshot(args["lake"])
     batch = next(iter(arrow_batches(files, spec, "train", args["batch_size"], 0)))
-    model_conf = ModelConf(
-        **{**args["model"], "name": "cdtm", "cdtm": CdtmConf(**args["model"]["cdtm"])}
-    )
+    model_conf = build(ModelConf, {**args["model"], "name": "cdtm"}, prefix="model")
     torch.manual_seed(0)
     model = build_model(spec, model_conf)
     with torch.no_grad():
