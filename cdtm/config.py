@@ -294,7 +294,7 @@ class CdtmConf:
     transfer: Literal["domain", "domain_field", "identity"] = "domain"  # identity: T = I fixed
     attention: Literal["vector", "scalar", "none"] = "vector"  # none: A = attention_init fixed
     # A at initialisation (b1 = logit of it; V1 = 0): the starting weight on DSE. Screened on
-    # MovieLens-1M (README, "What was tried"): 0.02 beat 0.1 and 0.5, whose DSE overfits early.
+    # MovieLens-1M (docs/what-was-tried.md): 0.02 beat 0.1 and 0.5, whose DSE overfits early.
     attention_init: float = 0.02
 
     def __post_init__(self) -> None:
