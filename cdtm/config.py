@@ -36,18 +36,41 @@ class SparkConf:
     master: str = "local[*]"
     app_name: str = "cdtm"
     conf: dict[str, str] = dataclasses.field(default_factory=dict)
+    # Where a session this project starts keeps its metastore (Derby) and managed tables, so
+    # that tables registered by one job are found by name in the next. "": in-memory catalog.
+    # Sessions a cluster provides keep their own metastore (Unity Catalog on Databricks).
+    warehouse: str = ""
 
 
 @dataclasses.dataclass(frozen=True)
 class LakeConf:
     root: str
-    engine: Literal["delta-rs", "spark"] = "delta-rs"
+    engine: Literal["delta-rs", "spark"] = "spark"
     # Another writer committed the same table first: 0 fails with ConcurrentWriteError;
     # N > 0 commits again up to N times (this write's day then replaces the other's).
     commit_retries: int = 0
     # jobs/maintain.py vacuum refuses a shorter retention unless --force: a reader of an older
     # version, or a job still writing, would lose its files.
     min_vacuum_retention_hours: float = 168.0
+    # Tables are registered in the metastore as [<catalog>.]<schema>.<name> (null: not at all);
+    # catalog is Unity Catalog's first level, null for Spark's own (local) metastore.
+    catalog: str | None = None
+    schema: str | None = "cdtm"
+
+    def __post_init__(self) -> None:
+        if self.root.rstrip("/") == "/dbfs" or self.root.startswith("/dbfs/"):
+            raise ConfigError(
+                f"lake.root: {self.root!r} is refused: on Databricks Spark reads a /dbfs/ path "
+                "as a folder of DBFS while delta-rs reads the driver's local FUSE mount, so the "
+                "two engines would see different tables. Use a URI (dbfs:/..., s3://..., "
+                "abfss://...) under a Unity Catalog external location."
+            )
+        for key in ("catalog", "schema"):
+            value = getattr(self, key)
+            if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+                raise ConfigError(
+                    f"lake.{key}: {value!r} must be a plain SQL name (letters, digits, _)"
+                )
 
 
 @dataclasses.dataclass(frozen=True)

@@ -6,9 +6,10 @@ import os
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cdtm.config import SparkConf
+from cdtm.config import SparkConf, resolve_path
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -52,23 +53,130 @@ def _java_version(java: str) -> int | None:
     return None
 
 
+DELTA_CONF = {
+    "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
+    "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
+    # A local table's state is a few files: Delta's default of 50 tasks to read it costs seconds.
+    "spark.databricks.delta.snapshotPartitions": "2",
+}
+JARS_ENV = "CDTM_JARS_DIR"
+
+
+class DeltaJarsError(RuntimeError):
+    pass
+
+
+def delta_jars() -> list[str]:
+    """delta-spark's JVM jars fetched by ``make setup`` (``$CDTM_JARS_DIR``, default ``.jars/``
+    in the repo), of the installed delta-spark's version. Nothing is downloaded here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    folder = Path(os.environ.get(JARS_ENV) or Path(__file__).resolve().parents[1] / ".jars")
+    try:
+        v = version("delta-spark")
+    except PackageNotFoundError:
+        raise DeltaJarsError("the delta-spark package is not installed: run `make setup`") from None
+    jars = [folder / f"delta-spark_2.12-{v}.jar", folder / f"delta-storage-{v}.jar"]
+    missing = [str(j) for j in jars if not j.is_file()]
+    if missing:
+        raise DeltaJarsError(
+            f"delta-spark {v}'s jars are missing: {', '.join(missing)}. `make jars` fetches them "
+            f"from Maven (or set {JARS_ENV} to a folder that holds them)."
+        )
+    return [str(j) for j in jars]
+
+
 def build_session(conf: SparkConf, extra: dict[str, str] | None = None) -> SparkSession:
-    """A SparkSession from config. ``master: ""``, or running under spark-submit, leaves the
-    master to the cluster / spark-submit."""
+    """A SparkSession from config, with Delta Lake.
+
+    ``python jobs/...`` (``spark.master`` set): this process starts the JVM, with delta-spark's
+    jars from ``make setup``, Delta's SQL extension and catalog, and Spark's own metastore under
+    ``spark.warehouse``. Under ``spark-submit`` or on a cluster (``master: ""``), the JVM is the
+    submitter's: a ``spark.conf`` key of ours applies only where the submitter set none, and
+    Delta comes from the cluster (Databricks) or ``--jars``/``--conf`` (README).
+    """
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.appName(conf.app_name)
-    # Under spark-submit (which starts the JVM first and passes PYSPARK_GATEWAY_PORT), its
-    # --master and --conf decide; spark.master from our config applies to plain `python jobs/...`.
-    if conf.master and not os.environ.get("PYSPARK_GATEWAY_PORT"):
-        ensure_java()
-        builder = builder.master(conf.master)
-        if conf.master.startswith("local"):
-            # Local runs talk over loopback only, and workers use this interpreter.
-            os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-            os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-    for key, value in {**conf.conf, **(extra or {})}.items():
-        builder = builder.config(key, value)
+    wanted = {**conf.conf, **(extra or {})}
+    submitted = os.environ.get("PYSPARK_GATEWAY_PORT") or not conf.master
+    if submitted:
+        taken = _submitted_conf()
+        builder = SparkSession.builder.appName(conf.app_name)
+        for key, value in wanted.items():
+            if key not in taken:
+                builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+        return spark
+
+    ensure_java()
+    builder = SparkSession.builder.appName(conf.app_name).master(conf.master)
+    if conf.master.startswith("local"):
+        # Local runs talk over loopback only, and workers use this interpreter.
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    jars = [j for j in wanted.get("spark.jars", "").split(",") if j]
+    builder = builder.config("spark.jars", ",".join([*delta_jars(), *jars]))
+    for key, value in {**DELTA_CONF, **_metastore_conf(conf.warehouse), **wanted}.items():
+        if key != "spark.jars":
+            builder = builder.config(key, value)
+    if conf.warehouse:
+        builder = builder.enableHiveSupport()
     spark = builder.getOrCreate()
     spark.sparkContext.setLogLevel("WARN")
     return spark
+
+
+def _submitted_conf() -> set[str]:
+    """Keys the JVM already has: spark-submit's --conf and spark-defaults, or a cluster's."""
+    from pyspark import SparkContext
+    from pyspark.sql import SparkSession
+
+    active = SparkSession.getActiveSession()
+    if active is not None:
+        return {k for k, _ in active.sparkContext.getConf().getAll()} | {
+            k for k in _runtime_keys(active)
+        }
+    if SparkContext._active_spark_context is None and not os.environ.get("PYSPARK_GATEWAY_PORT"):
+        return set()
+    from pyspark import SparkConf as JvmConf
+
+    SparkContext._ensure_initialized()  # connects to spark-submit's JVM, starts nothing
+    return {k for k, _ in JvmConf().getAll()}  # the JVM's spark.* system properties
+
+
+def _runtime_keys(spark: SparkSession) -> list[str]:
+    return [r["key"] for r in spark.sql("SET").collect()]
+
+
+def _metastore_conf(warehouse: str) -> dict[str, str]:
+    """Spark's own metastore (embedded Derby) and warehouse under one folder."""
+    if not warehouse:
+        return {}
+    folder = os.path.abspath(resolve_path(warehouse))
+    os.makedirs(folder, exist_ok=True)
+    return {
+        "spark.sql.warehouse.dir": folder,
+        "spark.sql.catalogImplementation": "hive",
+        "spark.hadoop.javax.jdo.option.ConnectionURL": (
+            f"jdbc:derby:;databaseName={folder}/metastore_db;create=true"
+        ),
+        # derby.log beside the metastore, not in the working directory
+        "spark.driver.extraJavaOptions": f"-Dderby.system.home={folder}",
+    }
+
+
+def submit_args(warehouse: str = "") -> list[str]:
+    """spark-submit flags that give a submitted job what ``build_session`` gives a local one:
+    delta-spark's jars, Delta's extension and catalog, and (with ``warehouse``) the metastore."""
+    args = ["--jars", ",".join(delta_jars())]
+    for key, value in {**DELTA_CONF, **_metastore_conf(warehouse)}.items():
+        args += ["--conf", f"{key}={value}"]
+    return args
+
+
+if __name__ == "__main__":
+    # spark-submit $(python -m cdtm.spark [WAREHOUSE]) jobs/etl.py ...
+    import shlex
+
+    print(shlex.join(submit_args(sys.argv[1] if len(sys.argv) > 1 else "")))
