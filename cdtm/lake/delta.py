@@ -22,7 +22,9 @@ from deltalake.transaction import (
 )
 
 from cdtm.faults import fault_point
+from cdtm.lake import spark_delta
 from cdtm.lake._files import FILE_SCHEMA_DDL, write_files
+from cdtm.lake.tables import DOCS, properties
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -70,6 +72,7 @@ def write_table(
     commit_metadata: Mapping[str, Any] | None = None,
     transform: Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]] | None = None,
     transform_schema: str | None = None,
+    table_name: str | None = None,
 ) -> WriteResult:
     """Write ``df`` to the Delta table at ``root`` as one commit.
 
@@ -80,13 +83,20 @@ def write_table(
 
     Two writers at once: the first commit wins; the other raises ConcurrentWriteError, or, with
     ``commit_retries`` > 0, commits again against the new version (its day replaces the
-    winner's whole). ``commit_metadata`` is stored in the commit (``history()`` shows it).
+    winner's whole). ``commit_metadata`` is stored in the commit's ``userMetadata`` as JSON
+    (``DESCRIBE HISTORY`` shows it; ``commit_info()`` reads it back, whichever engine wrote it).
+
+    A table this creates gets the comment, column comments and properties of ``tables.DOCS``
+    (deletion vectors off). With ``engine="spark"`` and a ``table_name`` it is also registered
+    in the metastore in the same commit.
 
     ``transform`` (Arrow batches -> batches of ``transform_schema``, a DDL string) runs on the
     executors in the same Python worker that writes the files: what ``df.mapInArrow(transform,
     transform_schema)`` would give, without a second trip through the JVM.
     """
     partition_by = list(partition_by)
+    if commit_retries < 0:
+        raise LakeError(f"{root}: commit_retries must be >= 0, got {commit_retries}")
     if mode == "overwrite_day":
         if ds is None or partition_by != ["ds"]:
             raise LakeError(f"{root}: overwrite_day needs ds= and partition_by=['ds']")
@@ -98,7 +108,16 @@ def write_table(
             df = mapped  # Spark's own writer: no fusing
             transform = None
     if engine == "spark":
-        return _write_spark(df, root, mode=mode, partition_by=partition_by, ds=ds)
+        return _write_spark(
+            df,
+            root,
+            mode=mode,
+            partition_by=partition_by,
+            ds=ds,
+            commit_retries=commit_retries,
+            metadata=commit_metadata,
+            table_name=table_name,
+        )
 
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -187,19 +206,30 @@ def _commit(
     metadata: Mapping[str, Any] | None = None,
     read_version: int | None = None,
 ) -> None:
-    delta_schema = Schema.from_arrow(schema)
-    props = CommitProperties(custom_metadata=dict(metadata)) if metadata else None
+    props = (
+        CommitProperties(
+            custom_metadata={"userMetadata": json.dumps(dict(metadata), sort_keys=True)}
+        )
+        if metadata
+        else None
+    )
     if not exists:
+        name = os.path.basename(root.rstrip("/"))
+        doc = DOCS.get(name)
         create_table_with_add_actions(
             root,
-            delta_schema,
+            Schema.from_arrow(_commented(schema, name)),
             adds,
             mode="error",
             partition_by=partition_by or None,
+            description=doc.comment if doc else None,
+            # delta-rs accepts only delta.* keys: cdtm.* properties come with the Spark engine
+            configuration={k: v for k, v in properties(name).items() if k.startswith("delta.")},
             commit_properties=props,
         )
         return
     table = DeltaTable(root, version=read_version)
+    delta_schema = table.schema()  # the table's own (with its comments): names and types checked
     actions: list[AddAction | RemoveAction] = list(adds)
     if mode == "append":
         table.create_write_transaction(
@@ -258,27 +288,96 @@ def _check_schema(root: str, schema: pa.Schema, partition_by: list[str]) -> None
         )
 
 
+def _commented(schema: pa.Schema, name: str) -> pa.Schema:
+    """``schema`` with each known column's comment in its field metadata (Delta's place)."""
+    doc = DOCS.get(name)
+    if doc is None:
+        return schema
+    fields = []
+    for f in schema:
+        text = doc.column(f.name)
+        fields.append(f.with_metadata({"comment": text}) if text else f)
+    return pa.schema(fields)
+
+
+def _with_comments(df: DataFrame, name: str) -> DataFrame:
+    from pyspark.sql import functions as F
+
+    doc = DOCS.get(name)
+    if doc is None:
+        return df
+    cols = []
+    for c in df.columns:
+        text = doc.column(c)
+        cols.append(F.col(c).alias(c, metadata={"comment": text}) if text else F.col(c))
+    return df.select(*cols)
+
+
 def _write_spark(
-    df: DataFrame, root: str, *, mode: WriteMode, partition_by: list[str], ds: str | None
+    df: DataFrame,
+    root: str,
+    *,
+    mode: WriteMode,
+    partition_by: list[str],
+    ds: str | None,
+    commit_retries: int,
+    metadata: Mapping[str, Any] | None,
+    table_name: str | None,
 ) -> WriteResult:
-    writer = df.write.format("delta")
-    if partition_by:
-        writer = writer.partitionBy(*partition_by)
-    if mode == "overwrite_day":
-        writer = writer.mode("overwrite").option("replaceWhere", f"ds = '{ds}'")
-    else:
-        writer = writer.mode(
-            {"create": "errorifexists", "append": "append", "overwrite": "overwrite"}[mode]
-        )
-    writer.save(root)
+    from pyspark.sql.pandas.types import to_arrow_schema
+
     spark = df.sparkSession
-    last = spark.sql(f"DESCRIBE HISTORY delta.`{root}` LIMIT 1").collect()[0]
-    metrics = last["operationMetrics"] or {}
+    name = os.path.basename(root.rstrip("/"))
+    exists = table_exists(root)
+    if exists and mode == "create":
+        raise LakeError(f"{root}: table already exists (mode=create)")
+    if exists:
+        _check_schema(root, to_arrow_schema(df.schema), partition_by)
+    else:
+        df = _with_comments(df, name)
+    df = spark_delta.hold_before_commit(df, name)
+    doc = DOCS.get(name)
+    t0 = time.perf_counter()
+    for attempt in range(commit_retries + 1):
+        try:
+            spark_delta.write(
+                df,
+                root,
+                mode=mode,
+                partition_by=partition_by,
+                ds=ds,
+                metadata=metadata,
+                table_name=table_name,
+                comment=doc.comment if doc else None,
+                properties=properties(name),
+            )
+            break
+        except Exception as e:
+            if spark_delta.replace_where_mismatch(e):
+                raise LakeError(
+                    f"{root}: overwrite_day replaces only ds={ds}, and the DataFrame holds rows "
+                    "of another day; nothing was committed"
+                ) from e
+            conflict = spark_delta.conflict_name(e)
+            if conflict is None:
+                raise
+            if attempt == commit_retries or mode == "create":
+                what = f"day {ds}" if mode == "overwrite_day" else f"mode {mode}"
+                raise ConcurrentWriteError(
+                    f"{root}: another writer committed while this job was writing ({what}); "
+                    f"nothing of this write was committed ({conflict}). Re-run the job, or set "
+                    "lake.commit_retries to replace the other writer's rows."
+                ) from e
+    commit_seconds = time.perf_counter() - t0
+    fault_point("lake.after_commit", name)
+    last = spark_delta.last_commit(spark, root)
+    metrics = last.get("operationMetrics") or {}
     return WriteResult(
         root,
         int(last["version"]),
         int(metrics.get("numFiles", 0)),
         int(metrics.get("numOutputRows", 0)),
+        commit_seconds,
     )
 
 
@@ -303,20 +402,61 @@ def table_version(root: str) -> int:
 
 
 def table_files(root: str, version: int | None = None) -> list[str]:
-    """URLs (``file://`` for local tables) of the data files of one table version."""
-    uris = _open(root, version).file_uris()
+    """URLs (``file://`` for local tables) of the data files of one table version.
+
+    A file list cannot see deletion vectors: a version whose files carry them (someone ran
+    DELETE with ``delta.enableDeletionVectors`` on) would feed deleted rows to a reader of the
+    files. That is refused, naming the fix.
+    """
+    table = _open(root, version)
+    if "deletionVectors" in (table.protocol().reader_features or []):
+        live = query("SELECT COUNT(*) AS n FROM t", {"t": root}, {"t": table.version()})
+        in_files = sum(table.get_add_actions(flatten=True).column("num_records").to_pylist())
+        if int(live.column("n")[0].as_py()) != in_files:
+            raise LakeError(
+                f"{root} version {table.version()}: rows were deleted with deletion vectors, "
+                f"and a file list would read them back ({in_files:,} rows in files, "
+                f"{int(live.column('n')[0].as_py()):,} live). Rewrite the files first: "
+                "`python jobs/maintain.py purge --table <name>` (REORG TABLE ... APPLY (PURGE))."
+            )
+    uris = table.file_uris()
     return [u if "://" in u else "file://" + os.path.abspath(u) for u in uris]
+
+
+def has_deletion_vectors(root: str) -> bool:
+    """Whether the table's protocol allows deletion vectors (their files must outlive a
+    vacuum that does not know them)."""
+    return "deletionVectors" in (_open(root).protocol().reader_features or [])
 
 
 def history(root: str) -> list[dict[str, Any]]:
     return list(_open(root).history())
 
 
+# Commits that change no rows: lineage is read from the data commit before them.
+_MAINTENANCE = ("OPTIMIZE", "VACUUM", "REORG", "SET TBLPROPERTIES", "CHANGE COLUMN")
+
+
 def commit_info(root: str, version: int) -> dict[str, Any]:
-    """The custom metadata stored with commit ``version`` ({} when none, or not in history)."""
-    for entry in _open(root).history():
-        if int(entry.get("version", -1)) == version:
-            return dict(entry)
+    """The commit that wrote the rows of ``version``, with the keys of its ``userMetadata``
+    (JSON, either engine) merged in; {} when none is in history.
+
+    Maintenance commits (OPTIMIZE, VACUUM, REORG) after a write are skipped, so a compacted
+    version still names the lineage of the write it compacted.
+    """
+    for entry in sorted(_open(root).history(), key=lambda e: -int(e.get("version", -1))):
+        if int(entry.get("version", -1)) > version:
+            continue
+        if str(entry.get("operation", "")).startswith(_MAINTENANCE):
+            continue
+        out = dict(entry)
+        meta = out.get("userMetadata")
+        if isinstance(meta, str) and meta.startswith("{"):
+            try:
+                out.update(json.loads(meta))
+            except json.JSONDecodeError:
+                pass  # someone else's free text: no lineage in it
+        return out
     return {}
 
 
@@ -325,8 +465,15 @@ def vacuum(root: str, retention_hours: float, dry_run: bool = True) -> list[str]
     writes that never committed) older than that. Returns the files (to be) removed.
 
     The retention keeps readers of recent versions and writers still writing safe; callers
-    check it against ``lake.min_vacuum_retention_hours`` (jobs/maintain.py does).
+    check it against ``lake.min_vacuum_retention_hours`` (jobs/maintain.py does). delta-rs'
+    vacuum does not know deletion-vector files and would delete live ones: a table that may
+    carry them is refused (vacuum it with the Spark engine).
     """
+    if has_deletion_vectors(root):
+        raise LakeError(
+            f"{root}: the table allows deletion vectors, whose files delta-rs' vacuum would "
+            "delete while live; vacuum it with lake.engine=spark (Delta's own VACUUM)"
+        )
     table = _open(root)
     return list(
         table.vacuum(
@@ -343,10 +490,7 @@ def read_table(
 ) -> DataFrame:
     """One version of a table as a Spark DataFrame, partition columns restored, table column order."""
     if engine == "spark":
-        reader = spark.read.format("delta")
-        if version is not None:
-            reader = reader.option("versionAsOf", version)
-        return reader.load(root)
+        return spark_delta.read(spark, root, version)
     from pyspark.sql.pandas.types import from_arrow_schema
 
     table = _open(root, version)
@@ -405,22 +549,65 @@ def _without_views(t: Any) -> Any:
 
 @dataclasses.dataclass(frozen=True)
 class Lake:
-    """The project's tables under one root folder: ``<root>/<name>``."""
+    """The project's tables under one root folder: ``<root>/<name>``, registered in the
+    metastore as ``[<catalog>.]<schema>.<name>`` where the session has Delta."""
 
     root: str
     engine: Engine = "delta-rs"
     commit_retries: int = 0
+    catalog: str | None = None
+    schema: str | None = None
 
     @classmethod
     def of(cls, conf: LakeConf) -> Lake:
-        return cls(conf.root, conf.engine, conf.commit_retries)
+        return cls(conf.root, conf.engine, conf.commit_retries, conf.catalog, conf.schema)
 
     def path(self, name: str) -> str:
         return self.root.rstrip("/") + "/" + name
 
+    def table_name(self, name: str) -> str | None:
+        """The metastore name of table ``name``; None when no schema is configured."""
+        if not self.schema:
+            return None
+        return ".".join(p for p in (self.catalog, self.schema, name) if p)
+
     def write(self, spark: SparkSession, df: DataFrame, name: str, **kwargs: Any) -> WriteResult:
+        """Write one commit; a day written with the Spark engine is then compacted
+        (``OPTIMIZE ... WHERE ds``), and every table ends up registered by name."""
         kwargs.setdefault("commit_retries", self.commit_retries)
-        return write_table(spark, df, self.path(name), engine=self.engine, **kwargs)
+        catalog = spark_delta.has_delta(spark) and self.schema is not None
+        if catalog:
+            self.ensure_schema(spark)
+        res = write_table(
+            spark,
+            df,
+            self.path(name),
+            engine=self.engine,
+            table_name=self.table_name(name) if catalog else None,
+            **kwargs,
+        )
+        if self.engine == "spark" and kwargs.get("mode") == "overwrite_day":
+            spark_delta.optimize(spark, self.path(name), kwargs.get("ds"))
+        if catalog:
+            self.register(spark, name)
+        return res
+
+    def ensure_schema(self, spark: SparkSession) -> None:
+        space = ".".join(p for p in (self.catalog, self.schema) if p)
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {space}")
+
+    def register(self, spark: SparkSession, name: str) -> None:
+        table_name = self.table_name(name)
+        if table_name is None:
+            return
+        self.ensure_schema(spark)
+        spark_delta.register(spark, table_name, self.path(name))
+
+    def register_all(self, spark: SparkSession, names: Sequence[str]) -> list[str]:
+        """Register the given tables (e.g. a lake written before names existed)."""
+        for name in names:
+            self.register(spark, name)
+        return [n for n in (self.table_name(x) for x in names) if n]
 
     def read(self, spark: SparkSession, name: str, version: int | None = None) -> DataFrame:
         return read_table(spark, self.path(name), version, engine=self.engine)
@@ -434,11 +621,30 @@ class Lake:
     def files(self, name: str, version: int | None = None) -> list[str]:
         return table_files(self.path(name), version)
 
-    def history(self, name: str) -> list[dict[str, Any]]:
-        return history(self.path(name))
+    def history(self, name: str, spark: SparkSession | None = None) -> list[dict[str, Any]]:
+        """Newest first: Delta's ``DESCRIBE HISTORY`` with the Spark engine, else delta-rs."""
+        if self.engine == "spark" and spark is not None:
+            return spark_delta.history(spark, self.path(name))
+        return sorted(history(self.path(name)), key=lambda e: -int(e.get("version", -1)))
 
-    def vacuum(self, name: str, retention_hours: float, dry_run: bool = True) -> list[str]:
+    def vacuum(
+        self,
+        name: str,
+        retention_hours: float,
+        dry_run: bool = True,
+        spark: SparkSession | None = None,
+    ) -> list[str]:
+        if self.engine == "spark":
+            if spark is None:
+                raise LakeError(f"{self.path(name)}: vacuum with the Spark engine needs a session")
+            return spark_delta.vacuum(spark, self.path(name), retention_hours, dry_run)
         return vacuum(self.path(name), retention_hours, dry_run=dry_run)
+
+    def optimize(self, spark: SparkSession, name: str, ds: str | None = None) -> dict[str, Any]:
+        return spark_delta.optimize(spark, self.path(name), ds)
+
+    def purge_deletion_vectors(self, spark: SparkSession, name: str) -> None:
+        spark_delta.purge_deletion_vectors(spark, self.path(name))
 
     def query(self, sql: str, names: Sequence[str]) -> pa.Table:
         return query(sql, {n: self.path(n) for n in names})
