@@ -3,7 +3,7 @@ SELECT ds, domain, user_key, item_key, score, rank
 FROM (
   SELECT ds, domain, user_key, item_key, score,
          ROW_NUMBER() OVER (PARTITION BY domain, user_key ORDER BY score DESC, item_key) AS rank
-  FROM scores
+  FROM cdtm.scores
   WHERE ds = '{ds}'
 ) ranked
 WHERE rank <= 5
