@@ -8,10 +8,14 @@ files that no version younger than the retention needs.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from cdtm.config import Config
 from cdtm.lake import Lake
 from cdtm.sql import lake_tables
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,7 @@ def vacuum_lake(
     tables: list[str] | None = None,
     force: bool = False,
     dry_run: bool = False,
+    spark: SparkSession | None = None,
 ) -> dict[str, list[str]]:
     """Vacuum ``tables`` (default: every table under lake.root); returns the files per table.
 
@@ -44,14 +49,10 @@ def vacuum_lake(
             "Files of a job still writing, and of versions a reader may still use, would be "
             "deleted. Stop every job on this lake first, then pass --force."
         )
-    present = lake_tables(lake)
-    names = tables or present
-    unknown = sorted(set(names) - set(present))
-    if unknown:
-        raise MaintenanceError(f"vacuum: no Delta tables {unknown} under {lake.root}")
+    names = _tables(lake, tables, "vacuum")
     removed = {}
     for name in names:
-        removed[name] = lake.vacuum(name, hours, dry_run=dry_run)
+        removed[name] = lake.vacuum(name, hours, dry_run=dry_run, spark=spark)
         log.info(
             "vacuum %s (retention %g h)%s: %d files",
             lake.path(name),
@@ -60,3 +61,39 @@ def vacuum_lake(
             len(removed[name]),
         )
     return removed
+
+
+def _tables(lake: Lake, tables: list[str] | None, command: str) -> list[str]:
+    present = lake_tables(lake)
+    names = tables or present
+    unknown = sorted(set(names) - set(present))
+    if unknown:
+        raise MaintenanceError(f"{command}: no Delta tables {unknown} under {lake.root}")
+    return names
+
+
+def optimize_lake(
+    spark: SparkSession, cfg: Config, tables: list[str] | None = None, ds: str | None = None
+) -> dict[str, dict[str, Any]]:
+    """Compact small files (of day ``ds`` when given) with Delta's OPTIMIZE."""
+    lake = Lake.of(cfg.lake)
+    return {name: lake.optimize(spark, name, ds) for name in _tables(lake, tables, "optimize")}
+
+
+def purge_lake(spark: SparkSession, cfg: Config, tables: list[str]) -> list[str]:
+    """Rewrite files that carry deletion vectors (REORG ... APPLY (PURGE)), so that a file list
+    of the new version holds only live rows (the training reader reads file lists)."""
+    lake = Lake.of(cfg.lake)
+    names = _tables(lake, tables, "purge")
+    for name in names:
+        lake.purge_deletion_vectors(spark, name)
+        log.info("purge %s: deletion vectors rewritten", lake.path(name))
+    return names
+
+
+def register_lake(spark: SparkSession, cfg: Config) -> list[str]:
+    """Register every table of the lake in the metastore (a lake written before names)."""
+    lake = Lake.of(cfg.lake)
+    if not lake.schema:
+        raise MaintenanceError("register: lake.schema is null, so tables are not registered")
+    return lake.register_all(spark, lake_tables(lake))

@@ -1,10 +1,16 @@
-"""Lake maintenance: remove orphaned files of killed jobs and files no recent version needs.
+"""Lake maintenance: vacuum, compact, purge deletion vectors, register tables by name.
 
     python jobs/maintain.py vacuum --config conf/local.yaml [--retention-hours 168] [--dry-run]
         [--tables features,scores] [--force]
+    python jobs/maintain.py optimize [--tables features] [--ds 2024-01-01]
+    python jobs/maintain.py purge --tables features
+    python jobs/maintain.py register
 
-A retention below lake.min_vacuum_retention_hours (default 168) is refused unless --force:
-stop every job on the lake first. Prints the removed files per table (JSON).
+vacuum removes orphaned files of killed jobs and files no recent version needs; a retention
+below lake.min_vacuum_retention_hours (default 168) is refused unless --force: stop every job
+on the lake first. purge rewrites files that carry deletion vectors (after someone ran DELETE
+with them on), which the training reader's file list cannot see. register names every table
+in the metastore. Prints what it did (JSON).
 """
 
 from __future__ import annotations
@@ -13,31 +19,59 @@ import json
 import sys
 
 from cdtm.cli import load, parser, setup_logging
-from cdtm.maintenance import MaintenanceError, vacuum_lake
+from cdtm.lake import LakeError
+from cdtm.maintenance import (
+    MaintenanceError,
+    optimize_lake,
+    purge_lake,
+    register_lake,
+    vacuum_lake,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = parser(__doc__.splitlines()[0])
-    p.add_argument("command", choices=["vacuum"])
+    p.add_argument("command", choices=["vacuum", "optimize", "purge", "register"])
     p.add_argument("--retention-hours", type=float, default=None)
     p.add_argument("--tables", default=None, help="comma list (default: every table)")
     p.add_argument("--dry-run", action="store_true", help="list the files, delete nothing")
     p.add_argument("--force", action="store_true", help="allow a retention below the minimum")
+    p.add_argument("--ds", default=None, help="optimize: only this day")
     args = p.parse_args(argv)
     setup_logging()
     cfg = load(args)
+    tables = args.tables.split(",") if args.tables else None
+    spark = None
+    if cfg.lake.engine == "spark" or args.command != "vacuum":
+        from cdtm.spark import build_session
+
+        spark = build_session(cfg.spark)
     try:
-        removed = vacuum_lake(
-            cfg,
-            args.retention_hours,
-            tables=args.tables.split(",") if args.tables else None,
-            force=args.force,
-            dry_run=args.dry_run,
-        )
-    except MaintenanceError as e:
+        out: object
+        if args.command == "vacuum":
+            out = vacuum_lake(
+                cfg,
+                args.retention_hours,
+                tables=tables,
+                force=args.force,
+                dry_run=args.dry_run,
+                spark=spark,
+            )
+        elif args.command == "optimize":
+            assert spark is not None
+            out = optimize_lake(spark, cfg, tables, args.ds)
+        elif args.command == "purge":
+            assert spark is not None
+            if not tables:
+                raise MaintenanceError("purge: name the tables (--tables features)")
+            out = purge_lake(spark, cfg, tables)
+        else:
+            assert spark is not None
+            out = register_lake(spark, cfg)
+    except (MaintenanceError, LakeError) as e:
         print(f"maintain failed: {e}", file=sys.stderr)
         return 1
-    print(json.dumps(removed, indent=2, sort_keys=True))
+    print(json.dumps(out, indent=2, sort_keys=True, default=str))
     return 0
 
 
