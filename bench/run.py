@@ -34,6 +34,8 @@ STAGES = ("etl", "reader", "train", "memory", "horovod", "score")
 # name: (key in latest.json, how to read it, test, threshold); None = reported, no target.
 TARGETS: dict[str, tuple[str, str, str, float] | None] = {
     "etl.ratio_vs_duckdb": None,
+    "etl.ratio_vs_duckdb_spark": None,
+    "etl.ratio_vs_duckdb_delta_rs": None,
     "etl.growth_1m_to_4m": ("time(4x rows) / time(1x rows)", "linear", "<=", 4.4),
     "reader.ratio_vs_pyarrow": None,
     "train.feed_ratio": ("samples/s Petastorm-fed / in-memory", "feed costs < 20%", ">=", 0.8),
