@@ -42,9 +42,9 @@ def spark(tmp_path_factory: pytest.TempPathFactory) -> Iterator[object]:
                 "spark.driver.bindAddress": "127.0.0.1",
                 "spark.sql.shuffle.partitions": "4",
                 "spark.sql.session.timeZone": "UTC",
-                "spark.sql.warehouse.dir": str(warehouse),
                 "spark.default.parallelism": "4",
             },
+            warehouse=str(warehouse),
         )
     )
     yield session

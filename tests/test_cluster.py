@@ -20,6 +20,7 @@ import pyspark
 import pytest
 
 from cdtm.lake import query
+from cdtm.spark import submit_args
 from tests.conftest import REPO
 
 SPARK_HOME = Path(pyspark.__file__).parent
@@ -137,6 +138,7 @@ def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) 
         "spark.ui.enabled=false",
         "--conf",
         "spark.executor.memory=2g",
+        *submit_args(str(tmp_path / "warehouse")),
         "--py-files",
         str(pyfiles),
         "jobs/pipeline.py",
@@ -167,3 +169,7 @@ def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) 
     ).to_pylist()
     assert rows == [{"ds": "2024-06-01", "n": 3000}]
     assert (lake / "_pipeline" / "2024-06-01.json").is_file()
+    # The Spark engine wrote it (delta-spark's commits) and named it in the metastore.
+    log = (lake / "scores" / "_delta_log" / "00000000000000000000.json").read_text()
+    assert "Delta-Lake/" in log
+    assert (tmp_path / "warehouse" / "metastore_db").is_dir()

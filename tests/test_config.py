@@ -26,7 +26,7 @@ def test_files_merge_in_order_and_overrides_win(tmp_path: Path) -> None:
     b = write(tmp_path, "b.yaml", "lake: {root: /b}\n")
     cfg = load_config([a, b], ["run.ds=2024-02-03", "etl.split.seed=7"])
     assert cfg.lake.root == "/b"
-    assert cfg.lake.engine == "delta-rs"  # default kept
+    assert cfg.lake.engine == "spark"  # default kept
     assert cfg.artifacts.root == "/art"
     assert cfg.run.ds == "2024-02-03"
     assert cfg.etl.min_count == 3

@@ -35,6 +35,8 @@ def run_job(
     turns true or ``kill_after`` seconds pass; it is always reaped before returning.
     """
     env = {**os.environ, "PYTHONPATH": str(REPO), "SPARK_LOCAL_IP": "127.0.0.1"}
+    # Each job's metastore beside its log: none lands in the repo, and no two tests share one.
+    env.setdefault("CDTM_WAREHOUSE", str(log.parent / "warehouse"))
     env.pop("CDTM_FAULTS", None)
     if faults:
         env["CDTM_FAULTS"] = faults

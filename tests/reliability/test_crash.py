@@ -46,32 +46,58 @@ def sets(*items: str) -> list[str]:
     return [x for item in items for x in ("--set", item)]
 
 
-def etl_args(lake: Path, seed: int) -> list[str]:
+def etl_args(lake: Path, seed: int, engine: str) -> list[str]:
     return [
         "jobs/etl.py",
         *CONFIGS,
-        *sets(f"lake.root={lake}", f"run.ds={DS}", f"dataset.source.synthetic.seed={seed}", *SYNTH),
+        *sets(
+            f"lake.root={lake}",
+            f"lake.engine={engine}",
+            f"run.ds={DS}",
+            f"dataset.source.synthetic.seed={seed}",
+            *SYNTH,
+        ),
     ]
 
 
-ETL_FAULTS = [
-    ("an executor dies after writing its first features file", "lake.file_written@features=kill"),
-    ("driver killed before committing the new vocabulary", "lake.before_commit@vocab=kill"),
+# With delta-rs the driver commits files its executors wrote: the driver can be killed between
+# the two. With Spark, Delta commits inside save() once every task is done: a task killed at
+# the end of its rows (lake.before_commit, held on the executors) fails the job before the
+# commit; kills of the whole process group from outside cover the driver mid-commit.
+ETL_FAULTS = {
+    "delta-rs": [
+        (
+            "an executor dies after writing its first features file",
+            "lake.file_written@features=kill",
+        ),
+        ("driver killed before committing the new vocabulary", "lake.before_commit@vocab=kill"),
+        (
+            "driver killed between the features file writes and the commit",
+            "lake.before_commit@features=kill",
+        ),
+    ],
+    "spark": [
+        ("an executor dies before the new vocabulary's commit", "lake.before_commit@vocab=kill"),
+        ("an executor dies before the features commit", "lake.before_commit@features=kill"),
+    ],
+}
+COMMON_ETL_FAULTS = [
     ("driver killed between the vocab and feature_spec commits", "lake.after_commit@vocab=kill"),
     ("driver killed after the rejects commit, before publishing", "etl.before_publish=kill"),
-    (
-        "driver killed between the features file writes and the commit",
-        "lake.before_commit@features=kill",
-    ),
 ]
 
 
-def test_etl_killed_at_any_point_leaves_the_published_day_intact(spark, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["delta-rs", "spark"])
+def test_etl_killed_at_any_point_leaves_the_published_day_intact(
+    spark, tmp_path: Path, engine: str
+) -> None:
     from feature_etl.etl import run_etl
 
     lake_root = tmp_path / "lake"
     # Published before the crashes: day DS from input seed 0.
-    cfg_v1 = lake_config(lake_root, "synthetic", f"run.ds={DS}", *SYNTH, profile=True)
+    cfg_v1 = lake_config(
+        lake_root, "synthetic", f"run.ds={DS}", f"lake.engine={engine}", *SYNTH, profile=True
+    )
     run_etl(spark, cfg_v1)
     lake = Lake(str(lake_root))
     before = {t: fingerprint(lake, t) for t in ("features", "rejects")}
@@ -79,21 +105,27 @@ def test_etl_killed_at_any_point_leaves_the_published_day_intact(spark, tmp_path
 
     # The re-run target: the same day from input seed 1, uninterrupted, in another lake.
     cfg_v2 = lambda root: lake_config(  # noqa: E731
-        root, "synthetic", f"run.ds={DS}", "dataset.source.synthetic.seed=1", *SYNTH, profile=True
+        root,
+        "synthetic",
+        f"run.ds={DS}",
+        f"lake.engine={engine}",
+        "dataset.source.synthetic.seed=1",
+        *SYNTH,
+        profile=True,
     )
     run_etl(spark, cfg_v2(tmp_path / "reference"))
     reference = Lake(str(tmp_path / "reference"))
 
     # Fault points: every kill must leave the published day exactly as it was.
-    for what, faults in ETL_FAULTS:
-        rc, _ = run_job(etl_args(lake_root, 1), tmp_path / "etl.log", faults=faults)
+    for what, faults in ETL_FAULTS[engine] + COMMON_ETL_FAULTS:
+        rc, _ = run_job(etl_args(lake_root, 1, engine), tmp_path / "etl.log", faults=faults)
         assert rc != 0, f"{what}: the job was not stopped"
         assert fingerprint(lake, "features") == before["features"], what
     # Kills from outside while the executors write the new day's files: at the first file, and
     # at random moments after it (which may fall after the commit: then the new day is whole).
     for delay in [0.0, *random.Random(7).sample([0.2, 0.5, 1.0, 2.0, 3.0], 2)]:
         killer = after_first_file(lake, "features", delay)
-        rc, killed = run_job(etl_args(lake_root, 1), tmp_path / "etl.log", kill_when=killer)
+        rc, killed = run_job(etl_args(lake_root, 1, engine), tmp_path / "etl.log", kill_when=killer)
         now = fingerprint(lake, "features")
         if now == before["features"]:
             continue
@@ -121,9 +153,9 @@ def test_etl_killed_at_any_point_leaves_the_published_day_intact(spark, tmp_path
     # Vacuum: a short retention is refused without --force and deletes nothing.
     cfg = cfg_v1
     with pytest.raises(MaintenanceError, match="below lake.min_vacuum_retention_hours"):
-        vacuum_lake(cfg, 0)
+        vacuum_lake(cfg, 0, spark=spark)
     assert orphans(lake, "features") == left
-    removed = vacuum_lake(cfg, 0, force=True)
+    removed = vacuum_lake(cfg, 0, force=True, spark=spark)
     assert {str(Path(lake.path("features"), f)) for f in removed["features"]} >= left
     assert not orphans(lake, "features")
     # Vacuum logs its own (data-free) commits: same rows, later version.
@@ -135,12 +167,13 @@ def test_etl_killed_at_any_point_leaves_the_published_day_intact(spark, tmp_path
         assert fingerprint(lake, table)[1:] == fingerprint(reference, table)[1:], table
 
 
-def score_args(lake: Path, model: str) -> list[str]:
+def score_args(lake: Path, model: str, engine: str) -> list[str]:
     return [
         "jobs/score.py",
         *CONFIGS,
         *sets(
             f"lake.root={lake}",
+            f"lake.engine={engine}",
             f"run.ds={DS}",
             f"artifacts.root={lake.parent / 'artifacts'}",
             f"scoring.model={model}",
@@ -148,16 +181,22 @@ def score_args(lake: Path, model: str) -> list[str]:
     ]
 
 
-SCORE_FAULTS = [
-    ("an executor dies after writing its first scores file", "lake.file_written@scores=kill"),
-    (
-        "driver killed between the scores file writes and the commit",
-        "lake.before_commit@scores=kill",
-    ),
-]
+SCORE_FAULTS = {
+    "delta-rs": [
+        ("an executor dies after writing its first scores file", "lake.file_written@scores=kill"),
+        (
+            "driver killed between the scores file writes and the commit",
+            "lake.before_commit@scores=kill",
+        ),
+    ],
+    "spark": [("an executor dies before the scores commit", "lake.before_commit@scores=kill")],
+}
 
 
-def test_scoring_killed_at_any_point_leaves_the_scores_intact(spark, tmp_path: Path) -> None:
+@pytest.mark.parametrize("engine", ["delta-rs", "spark"])
+def test_scoring_killed_at_any_point_leaves_the_scores_intact(
+    spark, tmp_path: Path, engine: str
+) -> None:
     from cdtm.scoring import score_day
     from cdtm.train.job import train_model
     from feature_etl.etl import run_etl
@@ -167,6 +206,7 @@ def test_scoring_killed_at_any_point_leaves_the_scores_intact(spark, tmp_path: P
         lake_root,
         "synthetic",
         f"run.ds={DS}",
+        f"lake.engine={engine}",
         *SYNTH,
         profile=True,
     )
@@ -193,13 +233,15 @@ def test_scoring_killed_at_any_point_leaves_the_scores_intact(spark, tmp_path: P
     before = fingerprint(lake, "scores", drop=volatile)
     assert before[2] != reference[2]
 
-    for what, faults in SCORE_FAULTS:
-        rc, _ = run_job(score_args(lake_root, "m2"), tmp_path / "score.log", faults=faults)
+    for what, faults in SCORE_FAULTS[engine]:
+        rc, _ = run_job(score_args(lake_root, "m2", engine), tmp_path / "score.log", faults=faults)
         assert rc != 0, f"{what}: the job was not stopped"
         assert fingerprint(lake, "scores", drop=volatile) == before, what
     for delay in [0.0, *random.Random(11).sample([0.1, 0.3, 0.6, 1.0, 2.0], 2)]:
         killer = after_first_file(lake, "scores", delay)
-        rc, killed = run_job(score_args(lake_root, "m2"), tmp_path / "score.log", kill_when=killer)
+        rc, killed = run_job(
+            score_args(lake_root, "m2", engine), tmp_path / "score.log", kill_when=killer
+        )
         now = fingerprint(lake, "scores", drop=volatile)
         if now == before:
             continue
