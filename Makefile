@@ -68,12 +68,17 @@ data: setup
 ML1M := --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
 
 # The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check),
-# CDTM training (2 Horovod ranks on Spark), scoring of the day, and SQL over the scores table.
+# CDTM training (2 Horovod ranks on Spark), scoring of the day, and SQL over the scores table:
+# delta-rs without a JVM, then a new Spark session that finds the tables by name.
 demo: setup horovod data
 	$(PY) jobs/etl.py $(ML1M) --verify
 	$(PY) jobs/train.py $(ML1M) --set model.name=cdtm
 	$(PY) jobs/score.py $(ML1M)
 	$(PY) jobs/sql.py $(ML1M) --file conf/sql/score_distribution.sql
+	$(PY) jobs/sql.py $(ML1M) --engine spark --query \
+	  "SELECT domain, COUNT(*) AS n, ROUND(AVG(score), 4) AS mean_score FROM cdtm.scores GROUP BY domain"
+	$(PY) jobs/sql.py $(ML1M) --engine spark --columns version,operation,userMetadata \
+	  --query "DESCRIBE HISTORY cdtm.features"
 
 # The public benchmark and the paper's tasks (long: see README for times).
 benchmark: setup data
@@ -111,4 +116,4 @@ dist: setup
 	@ls -l dist
 
 clean:
-	rm -rf lake artifacts spark-warehouse .pytest_cache
+	rm -rf lake artifacts warehouse spark-warehouse .pytest_cache
