@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import math
 import os
 import re
 import types
@@ -58,6 +59,7 @@ class LakeConf:
     schema: str | None = "cdtm"
 
     def __post_init__(self) -> None:
+        check_root("lake.root", self.root)
         if self.root.rstrip("/") == "/dbfs" or self.root.startswith("/dbfs/"):
             raise ConfigError(
                 f"lake.root: {self.root!r} is refused: on Databricks Spark reads a /dbfs/ path "
@@ -76,6 +78,17 @@ class LakeConf:
 @dataclasses.dataclass(frozen=True)
 class ArtifactsConf:
     root: str
+
+    def __post_init__(self) -> None:
+        check_root("artifacts.root", self.root)
+
+
+def check_root(key: str, root: str) -> None:
+    """A folder the project writes under: not empty, not ``/``, not an existing file."""
+    if not root.strip() or root.strip().rstrip("/") == "":
+        raise ConfigError(f"{key}: {root!r} must name a folder other than '/'")
+    if "://" not in root and not root.startswith("dbfs:") and os.path.isfile(root):
+        raise ConfigError(f"{key}: {root!r} is a file, not a folder")
 
 
 _SIMPLE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -480,7 +493,13 @@ def load_config(paths: Sequence[str | os.PathLike[str]], overrides: Sequence[str
             parts, value = ["spark", "conf", key[len("spark.conf.") :]], raw
         else:
             parts = key.split(".")
-            value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+            try:
+                value = yaml.load(raw, Loader=_Loader) if raw.strip() else ""
+            except yaml.YAMLError as e:
+                problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise ConfigError(
+                    f"{key}: cannot read {raw!r} as a YAML value ({problem}) (set in --set {key})"
+                ) from None
         patch: Any = value
         for part in reversed(parts):
             patch = {part: patch}
@@ -594,8 +613,52 @@ def _convert(tp: Any, value: Any, key: str, origin: Mapping[str, str]) -> Any:
             raise _fail(
                 origin, key, f"expected {tp.__name__}, got {type(value).__name__} {value!r}"
             )
+        if tp in (int, float):
+            _check_range(value, key, origin)
         return value
     raise _fail(origin, key, f"unsupported type {tp}")
+
+
+# Numeric keys whose guards a bad value would switch off: (low, high), both inclusive; None is
+# open. Every float must also be finite (a NaN compares False with every bound).
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "etl.max_reject_rate": (0, 1),
+    "etl.min_count": (0, None),
+    "etl.output_partitions": (0, None),
+    "etl.split.train": (0, 1),
+    "etl.split.valid": (0, 1),
+    "etl.split.test": (0, 1),
+    "lake.commit_retries": (0, None),
+    "lake.min_vacuum_retention_hours": (0, None),
+    "train.batch_size": (1, None),
+    "train.max_epochs": (1, None),
+    "train.num_proc": (1, None),
+    "train.lr": (0, None),
+    "train.weight_decay": (0, None),
+    "train.ema": (0, 1),
+    "train.patience": (0, None),
+    "train.checkpoint_every": (0, None),
+    "train.log_every": (0, None),
+    "train.max_steps_per_epoch": (0, None),
+    "train.threads": (0, None),
+    "train.shuffle_buffer": (0, None),
+    "train.reader_workers": (0, None),
+    "model.embed_dim": (1, None),
+    "model.embed_init_std": (0, None),
+    "model.dropout": (0, 1),
+    "model.experts": (1, None),
+    "model.cdtm.align_weight": (0, None),
+    "model.cdtm.attention_init": (0, 1),
+}
+
+
+def _check_range(value: float, key: str, origin: Mapping[str, str]) -> None:
+    if isinstance(value, float) and not math.isfinite(value):
+        raise _fail(origin, key, f"{value!r} is not a finite number")
+    low, high = RANGES.get(key, (None, None))
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise _fail(origin, key, f"{value!r} is out of range {span}")
 
 
 def _convert_dataclass(cls: type, value: Any, key: str, origin: Mapping[str, str]) -> Any:

@@ -138,3 +138,35 @@ def test_resolve_path_env_default_and_ds(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("CDTM_X")
     with pytest.raises(ConfigError, match="CDTM_X is not set"):
         resolve_path("${CDTM_X}/e.csv")
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("etl.max_reject_rate=.nan", "etl.max_reject_rate: nan is not a finite number"),
+        ("etl.max_reject_rate=1.5", "etl.max_reject_rate: 1.5 is out of range [0, 1]"),
+        ("lake.min_vacuum_retention_hours=.nan", "lake.min_vacuum_retention_hours: nan is not"),
+        ("lake.min_vacuum_retention_hours=-.inf", "is not a finite number"),
+        ("lake.commit_retries=-1", "lake.commit_retries: -1 is out of range [0, inf]"),
+        ("train.batch_size=0", "train.batch_size: 0 is out of range [1, inf]"),
+        ("etl.min_count=-3", "etl.min_count: -3 is out of range [0, inf]"),
+        ("train.max_epochs=-1", "train.max_epochs: -1 is out of range [1, inf]"),
+        ("train.lr=[1,", "train.lr: cannot read '[1,' as a YAML value"),
+        ("lake.root=/", "lake.root: '/' must name a folder other than '/'"),
+        ("lake.root=", "lake.root: '' must name a folder"),
+        ("lake.root=/dbfs/cdtm/lake", "the two engines would see different tables"),
+        ("lake.schema=cdtm;drop", "lake.schema: 'cdtm;drop' must be a plain SQL name"),
+    ],
+)
+def test_values_that_would_switch_off_a_guard_fail_at_load(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_config([REPO / "conf" / "local.yaml"], [override])
+    assert message in str(err.value), err.value
+    assert f"(set in --set {override.split('=')[0]})" in str(err.value)
+
+
+def test_a_root_that_is_a_file_is_refused(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    with pytest.raises(ConfigError, match="artifacts.root: .* is a file, not a folder"):
+        load_config([REPO / "conf" / "local.yaml"], [f"artifacts.root={f}"])
