@@ -136,7 +136,9 @@ class SplitConf:
 class EtlConf:
     max_reject_rate: float = 0.05
     min_count: int = 1
-    vocab: Literal["build", "reuse"] = "build"
+    # extend: append this day's new values (indices never move); build: index from scratch,
+    # only on a lake with no features yet; reuse: the stored vocabulary as it is.
+    vocab: Literal["extend", "build", "reuse"] = "extend"
     split: SplitConf = dataclasses.field(default_factory=SplitConf)
     output_partitions: int = 0  # 0: let Spark decide
 

@@ -15,6 +15,11 @@ from typing import Any
 SPEC_COLUMNS = "kind string, name string, position int, column string, domains array<string>, transferable boolean, size long, min double, max double"
 
 
+# Index 1 of every vocabulary: a value out of the vocabulary (feature_etl/vocab.py). A model
+# trained on an older, shorter vocabulary reads the values appended since as this.
+OOV_INDEX = 1
+
+
 @dataclasses.dataclass(frozen=True)
 class FieldSpec:
     name: str
@@ -151,6 +156,31 @@ LINK_KEYS = {
     "feature_spec": "cdtm.feature_spec_version",
     "rejects": "cdtm.rejects_version",
 }
+
+
+# Also in the features commit: the day it published, and the vocabulary generation its rows
+# were indexed with (one generation: indices that never moved; see feature_etl/vocab.py).
+DAY_KEY = "cdtm.ds"
+GENERATION_KEY = "cdtm.vocab_generation"
+
+
+def day_generations(lake_root: str, features_version: int) -> dict[str, str]:
+    """``{ds: vocabulary generation}`` of the days in ``features_version``, from the commits
+    that published them (days published before generations were recorded are absent)."""
+    from cdtm.lake import Lake, history
+
+    out: dict[str, str] = {}
+    entries = sorted(history(Lake(lake_root).path("features")), key=lambda e: int(e["version"]))
+    for entry in entries:
+        if int(entry["version"]) > features_version:
+            break
+        meta = entry.get("userMetadata")
+        if not (isinstance(meta, str) and meta.startswith("{")):
+            continue
+        info = json.loads(meta)
+        if DAY_KEY in info and GENERATION_KEY in info:
+            out[str(info[DAY_KEY])] = str(info[GENERATION_KEY])
+    return out
 
 
 def published_versions(lake_root: str, features_version: int) -> dict[str, int]:

@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import time
+import uuid
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,19 +21,28 @@ from pyspark.sql import functions as F
 
 from cdtm.config import Config, DatasetConf
 from cdtm.faults import fault_point
-from cdtm.lake import Lake, WriteResult
+from cdtm.lake import Lake, WriteResult, commit_info
 from cdtm.spec import (
+    DAY_KEY,
+    GENERATION_KEY,
     LINK_KEYS,
     SPEC_COLUMNS,
     DenseSpec,
     FeatureSpec,
     FieldSpec,
+    published_versions,
     read_feature_spec,
 )
 from feature_etl.sources import read_events
 from feature_etl.split import assign_split
 from feature_etl.validate import REASONS, validate
-from feature_etl.vocab import apply_vocab, build_vocab, feature_column, vocab_sizes
+from feature_etl.vocab import (
+    apply_vocab,
+    build_vocab,
+    extend_vocab,
+    feature_column,
+    vocab_sizes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -155,6 +165,38 @@ def read_spec(spark: SparkSession, lake: Lake, version: int | None = None) -> Fe
     return read_feature_spec(lake.path(SPEC), version)
 
 
+def index_values(
+    spark: SparkSession, lake: Lake, cfg: Config, dataset: DatasetConf, train_rows: DataFrame
+) -> tuple[DataFrame, str]:
+    """The vocabulary this day is indexed with, and its generation (a build starts one; an
+    extension keeps its base's, since no index moved)."""
+    if cfg.etl.vocab == "build" and lake.exists(FEATURES):
+        raise EtlError(
+            f"etl.vocab=build would re-index from this day's rows while the days stored in "
+            f"{lake.path(FEATURES)} keep indices into the current vocabulary (their rows would "
+            "map to other values). Use etl.vocab=extend (the default: new values are appended, "
+            "no index moves), or a new lake.root."
+        )
+    if cfg.etl.vocab == "build" or not lake.exists(VOCAB):
+        return build_vocab(train_rows, dataset.fields, cfg.etl.min_count), uuid.uuid4().hex[:12]
+    # The vocabulary the latest published day was indexed with (a newer one from a killed run
+    # was never published); without any day, the latest.
+    base = (
+        published_versions(lake.root, lake.version(FEATURES))["vocab"]
+        if lake.exists(FEATURES)
+        else lake.version(VOCAB)
+    )
+    existing = lake.read(spark, VOCAB, base)
+    vocab = extend_vocab(existing, train_rows, dataset.fields, cfg.etl.min_count)
+    return vocab, vocab_generation(lake, base)
+
+
+def vocab_generation(lake: Lake, version: int) -> str:
+    """The generation of vocab ``version``: the same for every extension of one build."""
+    info = commit_info(lake.path(VOCAB), version)
+    return str(info.get(GENERATION_KEY) or f"v{version}")  # tables from before generations
+
+
 def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     start = time.time()
     ds = cfg.run.ds
@@ -190,20 +232,11 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             )
 
         accepted = assign_split(checked.where(F.col("_reason").isNull()), cfg.etl.split)
-        if cfg.etl.vocab == "build":
-            vocab = build_vocab(
-                accepted.where(F.col("split") == "train"), dataset.fields, cfg.etl.min_count
-            )
-            res = lake.write(spark, vocab, VOCAB, mode="overwrite")
-            versions[VOCAB] = res.version
-            vocab = lake.read(spark, VOCAB, res.version)
-            spec = feature_spec(dataset, vocab_sizes(vocab, dataset.fields))
-            spec_df = spark.createDataFrame(spec.to_rows(), SPEC_COLUMNS)
-            versions[SPEC] = lake.write(spark, spec_df, SPEC, mode="overwrite").version
-        else:
+        if cfg.etl.vocab == "reuse":
             if not lake.exists(VOCAB):
                 raise EtlError(f"etl.vocab=reuse but there is no vocab table at {lake.path(VOCAB)}")
             versions[VOCAB], versions[SPEC] = lake.version(VOCAB), lake.version(SPEC)
+            generation = vocab_generation(lake, versions[VOCAB])
             vocab = lake.read(spark, VOCAB, versions[VOCAB])
             spec = read_spec(spark, lake, versions[SPEC])
             wanted = [f.name for f in dataset.fields]
@@ -212,6 +245,21 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
                     f"etl.vocab=reuse: the stored feature spec has fields {[f.name for f in spec.fields]}, "
                     f"the dataset declares {wanted}"
                 )
+        else:
+            train_rows = accepted.where(F.col("split") == "train")
+            vocab, generation = index_values(spark, lake, cfg, dataset, train_rows)
+            res = lake.write(
+                spark,
+                vocab,
+                VOCAB,
+                mode="overwrite",
+                commit_metadata={GENERATION_KEY: generation},
+            )
+            versions[VOCAB] = res.version
+            vocab = lake.read(spark, VOCAB, res.version)
+            spec = feature_spec(dataset, vocab_sizes(vocab, dataset.fields))
+            spec_df = spark.createDataFrame(spec.to_rows(), SPEC_COLUMNS)
+            versions[SPEC] = lake.write(spark, spec_df, SPEC, mode="overwrite").version
 
         by_domain: dict[int, int] = {}
         by_split: dict[str, int] = {}
@@ -236,6 +284,8 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
                 LINK_KEYS["vocab"]: versions[VOCAB],
                 LINK_KEYS["feature_spec"]: versions[SPEC],
                 LINK_KEYS["rejects"]: rejects.version,
+                DAY_KEY: ds,
+                GENERATION_KEY: generation,
             },
         )
         versions[FEATURES], versions[REJECTS] = written.version, rejects.version

@@ -2,7 +2,9 @@
 
 Index 0 is padding / absent (the row's domain lacks the field, or the value is empty),
 1 is out-of-vocabulary (seen fewer than ``min_count`` times in training rows, or unseen),
-2.. are the kept values, most frequent first (ties by value, so a rebuild is identical).
+2.. are the kept values, most frequent first (ties by value, so a rebuild is identical). A
+vocabulary is extended day by day (``etl.vocab: extend``): new values are appended, and an
+index once given never moves.
 A field with ``hash_buckets: N`` skips the vocabulary: index = 2 + xxhash64(value) mod N.
 
 The ``vocab`` table: ``field``, ``value``, ``index``, ``count``.
@@ -20,6 +22,7 @@ from feature_etl.validate import value_column
 
 PAD, OOV, FIRST = 0, 1, 2
 VOCAB_COLUMNS = ("field", "value", "index", "count")
+VOCAB_DDL = "field string, value string, index long, count long"
 
 
 def feature_column(field: FieldConf) -> str:
@@ -28,10 +31,24 @@ def feature_column(field: FieldConf) -> str:
 
 def build_vocab(train: DataFrame, fields: Sequence[FieldConf], min_count: int) -> DataFrame:
     """Vocabulary of every non-hashed field from the training rows."""
+    empty = train.sparkSession.createDataFrame([], VOCAB_DDL)
+    return extend_vocab(empty, train, fields, min_count)
+
+
+def extend_vocab(
+    existing: DataFrame, train: DataFrame, fields: Sequence[FieldConf], min_count: int
+) -> DataFrame:
+    """``existing`` unchanged, plus the values of these training rows it lacks, appended after
+    each field's last index (most frequent first, ties by value).
+
+    An index, once given, never moves: rows indexed with an older version keep meaning the same
+    values. ``min_count`` (or a field's own) applies to the new values only, counted in
+    ``train``.
+    """
     fields = [f for f in fields if f.hash_buckets <= 0]
-    spark = train.sparkSession
+    existing = existing.select(*VOCAB_COLUMNS)
     if not fields:
-        return spark.createDataFrame([], "field string, value string, index long, count long")
+        return existing
     pairs = train.select(
         F.explode(
             F.array(
@@ -51,14 +68,20 @@ def build_vocab(train: DataFrame, fields: Sequence[FieldConf], min_count: int) -
     for f in fields:
         if f.min_count is not None:
             threshold = F.when(F.col("field") == f.name, F.lit(f.min_count)).otherwise(threshold)
-    kept = counts.where(F.col("count") >= threshold)
+    fresh = counts.where(F.col("count") >= threshold).join(
+        existing.select("field", "value"), ["field", "value"], "left_anti"
+    )
+    last = existing.groupBy("field").agg(F.max("index").alias("_last"))
     order = Window.partitionBy("field").orderBy(F.desc("count"), F.asc("value"))
-    return kept.select(
+    added = fresh.join(F.broadcast(last), "field", "left").select(
         "field",
         "value",
-        (F.row_number().over(order) + F.lit(FIRST - 1)).cast("long").alias("index"),
+        (F.row_number().over(order) + F.coalesce(F.col("_last"), F.lit(FIRST - 1)))
+        .cast("long")
+        .alias("index"),
         F.col("count").cast("long"),
     )
+    return existing.unionByName(added)
 
 
 def apply_vocab(df: DataFrame, vocab: DataFrame, fields: Sequence[FieldConf]) -> DataFrame:

@@ -646,5 +646,7 @@ class Lake:
     def purge_deletion_vectors(self, spark: SparkSession, name: str) -> None:
         spark_delta.purge_deletion_vectors(spark, self.path(name))
 
-    def query(self, sql: str, names: Sequence[str]) -> pa.Table:
-        return query(sql, {n: self.path(n) for n in names})
+    def query(
+        self, sql: str, names: Sequence[str], versions: Mapping[str, int] | None = None
+    ) -> pa.Table:
+        return query(sql, {n: self.path(n) for n in names}, versions)

@@ -19,7 +19,7 @@ from cdtm.config import Config
 from cdtm.lake import Lake
 from cdtm.scoring.executor import SCORE_COLUMNS, score_batches
 from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
-from cdtm.train.artifacts import ArtifactError, latest_artifact, verify
+from cdtm.train.artifacts import VOCAB_FILE, ArtifactError, latest_artifact, verify
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -82,21 +82,53 @@ def _from_registry(cfg: Config, alias: str) -> Path:
 
 
 def check_spec(model_spec: FeatureSpec, lake_spec: FeatureSpec, artifact: Path) -> None:
-    """The model must have been trained on the same domains, fields and vocabulary sizes."""
+    """The model must have been trained on the same domains, fields and dense features, with
+    vocabularies no larger than the lake's (a vocabulary only grows; ``check_vocab`` then
+    checks the values)."""
     problems = []
     if model_spec.domains != lake_spec.domains:
         problems.append(f"domains {list(model_spec.domains)} vs {list(lake_spec.domains)}")
     model_fields = {f.name: f.vocab_size for f in model_spec.fields}
     lake_fields = {f.name: f.vocab_size for f in lake_spec.fields}
-    if model_fields != lake_fields:
-        problems.append(f"fields/vocabulary sizes {model_fields} vs {lake_fields}")
+    if model_fields.keys() != lake_fields.keys():
+        problems.append(f"fields {sorted(model_fields)} vs {sorted(lake_fields)}")
+    elif any(model_fields[f] > lake_fields[f] for f in model_fields):
+        problems.append(f"vocabulary sizes {model_fields} above the lake's {lake_fields}")
     if [d.name for d in model_spec.dense] != [d.name for d in lake_spec.dense]:
         problems.append("dense features differ")
     if problems:
         raise ScoringError(
             f"model {artifact.name} does not match the lake's feature spec: "
             + "; ".join(problems)
-            + ". Re-run the ETL with etl.vocab=reuse for this model, or retrain."
+            + ". Retrain on this lake."
+        )
+
+
+def check_vocab(artifact: Path, lake: Lake, vocab_version: int) -> None:
+    """Every (field, value, index) the model was trained with must be in the lake's vocabulary
+    with the same index: compared by value, so that a rebuilt vocabulary of the same sizes
+    (rows that would feed other values to the same embeddings) is refused."""
+    path = artifact / VOCAB_FILE
+    if not path.is_file():
+        log.warning("model %s carries no vocabulary: values not checked", artifact.name)
+        return
+    import pyarrow.parquet as pq
+
+    model = pq.read_table(path).to_pandas()
+    stored = lake.query(
+        'SELECT field, value, "index" AS lake_index FROM vocab', ["vocab"], {"vocab": vocab_version}
+    ).to_pandas()
+    joined = model.merge(stored, on=["field", "value"], how="left")
+    bad = joined[joined["lake_index"].isna() | (joined["lake_index"] != joined["index"])]
+    if len(bad):
+        examples = ", ".join(
+            f"{r.field}={r.value!r} (model {r.index}, lake {r.lake_index})"
+            for r in bad.head(3).itertuples()
+        )
+        raise ScoringError(
+            f"model {artifact.name}'s vocabulary is not a prefix of the lake's vocab "
+            f"v{vocab_version}: {len(bad):,} of {len(model):,} values differ, e.g. {examples}. "
+            "Its embeddings would score other values than it learned: retrain on this lake."
         )
 
 
@@ -114,10 +146,15 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     if not lake.exists(cfg.scoring.table):
         raise ScoringError(f"no {cfg.scoring.table} table under {lake.root}: run the ETL first")
     if cfg.scoring.table == "features":
-        spec_version = published_versions(lake.root, lake.version("features"))["feature_spec"]
+        linked = published_versions(lake.root, lake.version("features"))
+        spec_version, vocab_version = linked["feature_spec"], linked.get("vocab")
     else:
-        spec_version = None
+        spec_version, vocab_version = None, None
     check_spec(model_spec, read_feature_spec(lake.path("feature_spec"), spec_version), artifact)
+    if lake.exists("vocab"):
+        check_vocab(
+            artifact, lake, vocab_version if vocab_version is not None else lake.version("vocab")
+        )
     rows = lake.read(spark, cfg.scoring.table).where(F.col("ds") == ds)
     needed = ["ds", "row_id", "domain", "user_key", "item_key", *model_spec.columns]
     missing = sorted(set(needed) - set(rows.columns))

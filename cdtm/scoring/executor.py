@@ -16,7 +16,7 @@ import torch
 
 from cdtm.data.batch import Batch
 from cdtm.model import CTRModel
-from cdtm.spec import FeatureSpec
+from cdtm.spec import OOV_INDEX, FeatureSpec
 
 SCORE_COLUMNS = (
     "ds string, row_id long, domain string, user_key string, item_key string, score double, "
@@ -68,7 +68,7 @@ def batch_from_arrow(batch: pa.RecordBatch, spec: FeatureSpec) -> Batch:
         return np.asarray(batch.column(name).to_numpy(zero_copy_only=False), dtype=dtype)
 
     fields = (
-        np.stack([col(f.column, np.int64) for f in spec.fields], axis=1)
+        np.stack([_seen(col(f.column, np.int64), f.vocab_size) for f in spec.fields], axis=1)
         if spec.fields
         else np.zeros((n, 0), np.int64)
     )
@@ -84,6 +84,12 @@ def batch_from_arrow(batch: pa.RecordBatch, spec: FeatureSpec) -> Batch:
         dense=torch.from_numpy(dense),
         row_id=torch.zeros(n, dtype=torch.long),
     )
+
+
+def _seen(index: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Indices the model has no embedding row for (values appended to the vocabulary after it
+    was trained) read as out-of-vocabulary, never out of range."""
+    return np.where(index >= vocab_size, OOV_INDEX, index)
 
 
 def score_batches(

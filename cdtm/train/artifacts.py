@@ -14,6 +14,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import torch
 
 from cdtm.config import ModelConf, build, to_dict
@@ -22,6 +24,9 @@ from cdtm.spec import FeatureSpec
 
 MANIFEST = "manifest.json"
 REQUIRED = ("weights.pt", "model.json", "feature_spec.json", "data.json")
+# The (field, value, index) rows the model was trained with: scoring checks them against the
+# lake's vocabulary by value (cdtm.scoring.check_vocab).
+VOCAB_FILE = "vocab.parquet"
 
 
 class ArtifactError(RuntimeError):
@@ -50,8 +55,11 @@ def write_artifact(
     metrics: dict[str, float | None],
     history: list[dict[str, Any]],
     extra: dict[str, Any] | None = None,
+    vocab: pa.Table | None = None,
 ) -> Path:
     out.mkdir(parents=True, exist_ok=True)
+    if vocab is not None:
+        pq.write_table(vocab, out / VOCAB_FILE)
     torch.save(model.state_dict(), out / "weights.pt")
     write_json(out / "model.json", to_dict(model_conf))
     (out / "feature_spec.json").write_text(spec.to_json() + "\n")

@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import torch
 
 from cdtm.config import Config, to_dict
@@ -24,7 +25,7 @@ from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.lake import Lake
 from cdtm.model import CDTM, build_model
 from cdtm.model.base import flush_denormals
-from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
+from cdtm.spec import FeatureSpec, day_generations, published_versions, read_feature_spec
 from cdtm.train import plots
 from cdtm.train.artifacts import write_artifact
 from cdtm.train.distributed import Backend, SingleProcess
@@ -90,8 +91,43 @@ def resolve_inputs(cfg: Config) -> TrainInputs:
         else lake.version("features")
     )
     versions = published_versions(lake.root, version)
+    check_one_vocabulary(lake.root, version)
     spec = read_feature_spec(lake.path("feature_spec"), versions["feature_spec"])
     return TrainInputs(lake.files("features", version), spec, versions, lake.root)
+
+
+def trained_vocab(inputs: TrainInputs) -> pa.Table | None:
+    """The vocabulary rows the model's embeddings were trained with (None without a table)."""
+    lake = Lake(inputs.lake_root)
+    if not lake.exists("vocab") or "vocab" not in inputs.versions:
+        return None
+    return lake.query(
+        'SELECT field, value, "index" FROM vocab ORDER BY field, "index"',
+        ["vocab"],
+        {"vocab": inputs.versions["vocab"]},
+    )
+
+
+class MixedVocabularyError(RuntimeError):
+    """The days of a features version were indexed with vocabularies whose indices differ."""
+
+
+def check_one_vocabulary(lake_root: str, features_version: int) -> None:
+    """Refuse days indexed with different vocabulary generations: the same index would mean
+    different values in different days (a vocabulary built anew, not extended)."""
+    days: dict[str, list[str]] = {}
+    for ds, generation in sorted(day_generations(lake_root, features_version).items()):
+        days.setdefault(generation, []).append(ds)
+    if len(days) > 1:
+        detail = "; ".join(
+            f"generation {g}: {ds[0]}..{ds[-1]} ({len(ds)} days)" for g, ds in days.items()
+        )
+        raise MixedVocabularyError(
+            f"features v{features_version} under {lake_root} mixes days indexed with different "
+            f"vocabularies ({detail}): the same index means different values across them. "
+            "Re-run the ETL of the older days with etl.vocab=extend, or train on one generation "
+            "(train.features_version)."
+        )
 
 
 def reader_conf(cfg: Config, spec: FeatureSpec) -> ReaderConf:
@@ -215,6 +251,7 @@ def train_model(
             model=model.cpu(),
             model_conf=cfg.model,
             spec=inputs.spec,
+            vocab=trained_vocab(inputs),
             data=data_info,
             metrics=metrics,
             history=result.history,

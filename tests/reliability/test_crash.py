@@ -103,7 +103,8 @@ def test_etl_killed_at_any_point_leaves_the_published_day_intact(
     before = {t: fingerprint(lake, t) for t in ("features", "rejects")}
     linked_before = published_versions(str(lake_root), lake.version("features"))
 
-    # The re-run target: the same day from input seed 1, uninterrupted, in another lake.
+    # The re-run target: the same two runs of the day (input seeds 0 then 1), uninterrupted, in
+    # another lake (the vocabulary keeps the values of both: it only grows).
     cfg_v2 = lambda root: lake_config(  # noqa: E731
         root,
         "synthetic",
@@ -113,8 +114,13 @@ def test_etl_killed_at_any_point_leaves_the_published_day_intact(
         *SYNTH,
         profile=True,
     )
+    reference_root = str(tmp_path / "reference")
+    run_etl(
+        spark,
+        dataclasses.replace(cfg_v1, lake=dataclasses.replace(cfg_v1.lake, root=reference_root)),
+    )
     run_etl(spark, cfg_v2(tmp_path / "reference"))
-    reference = Lake(str(tmp_path / "reference"))
+    reference = Lake(reference_root)
 
     # Fault points: every kill must leave the published day exactly as it was.
     for what, faults in ETL_FAULTS[engine] + COMMON_ETL_FAULTS:

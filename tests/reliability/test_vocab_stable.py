@@ -1,0 +1,119 @@
+"""Vocabularies never move an index: a backfill with new users every day keeps every day's
+rows mapped to their own values; a rebuild over stored days is refused; training refuses days
+of different vocabularies; scoring compares the model's vocabulary with the lake's by value."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from cdtm.config import RunConf, load_config
+from cdtm.lake import Lake
+from tests.conftest import REPO
+from tests.test_validate import dataset
+
+HEADER = "uid,ad,slot,clicked,when,query,tags,price"
+DAYS = [f"2024-08-0{d}" for d in range(1, 6)]
+
+
+def write_day(folder: Path, ds: str, day: int, rows: int = 300) -> None:
+    """Each day: 2/3 of the rows from users new that day, 1/3 from users seen on day 1."""
+    lines = [HEADER]
+    for i in range(rows):
+        user = f"d{day}u{i % 40}" if i % 3 else f"d1u{i % 40}"
+        lines.append(f"{user},a{i % 25},{'hs'[i % 2]},{i % 2},{ds} 10:00:00,q{i % 5},t,{i % 100}")
+    (folder / f"ev-{ds}.csv").write_text("\n".join(lines) + "\n")
+
+
+def config(tmp_path: Path, ds: str, *overrides: str):  # noqa: ANN201
+    cfg = load_config(
+        [REPO / "conf" / "local.yaml"], [f"lake.root={tmp_path / 'lake'}", *overrides]
+    )
+    return dataclasses.replace(
+        cfg, dataset=dataset(Path(f"{tmp_path}/in/ev-{{ds}}.csv")), run=RunConf(ds)
+    )
+
+
+def decoded(spark, lake: Lake) -> pd.DataFrame:  # noqa: ANN001
+    """Every features row with its uid index read back through the current vocabulary."""
+    features = lake.read(spark, "features").select("ds", "user_key", "f_uid")
+    vocab = lake.read(spark, "vocab").where("field = 'uid'").selectExpr("value", "index AS f_uid")
+    return features.join(vocab, "f_uid", "left").toPandas()
+
+
+def test_a_backfill_with_new_users_keeps_every_day_mapped_to_its_own_users(
+    spark, tmp_path: Path
+) -> None:
+    from feature_etl.etl import EtlError, run_etl
+
+    (tmp_path / "in").mkdir()
+    lake = Lake(str(tmp_path / "lake"))
+    indices: dict[str, int] = {}
+    for day, ds in enumerate(DAYS, start=1):
+        write_day(tmp_path / "in", ds, day)
+        run_etl(spark, config(tmp_path, ds))
+        vocab = lake.read(spark, "vocab").where("field = 'uid'").toPandas()
+        now = dict(zip(vocab["value"], vocab["index"]))
+        assert {v: now[v] for v in indices} == indices, f"{ds}: an index moved"
+        assert len(now) > len(indices), f"{ds}: the day's new users were not appended"
+        indices = now
+
+    rows = decoded(spark, lake)
+    known = rows[rows["f_uid"] >= 2]  # OOV (1): users seen only in valid/test rows
+    assert set(known["ds"]) == set(DAYS)
+    assert (known["value"] == known["user_key"]).all(), known[known["value"] != known["user_key"]]
+    assert len(known) >= 0.75 * len(rows)
+
+    # A vocabulary built anew over stored days is refused, and nothing is written.
+    version = lake.version("features")
+    with pytest.raises(EtlError, match="etl.vocab=build would re-index"):
+        run_etl(spark, config(tmp_path, DAYS[0], "etl.vocab=build"))
+    assert lake.version("features") == version
+
+
+def test_training_refuses_days_of_different_vocabularies(spark, tmp_path: Path) -> None:
+    from cdtm.train.job import MixedVocabularyError, resolve_inputs
+    from feature_etl.etl import run_etl
+
+    (tmp_path / "in").mkdir()
+    for day, ds in enumerate(DAYS[:2], start=1):
+        write_day(tmp_path / "in", ds, day)
+    run_etl(spark, config(tmp_path, DAYS[0]))
+    shutil.rmtree(tmp_path / "lake" / "vocab")  # someone dropped the vocabulary
+    run_etl(spark, config(tmp_path, DAYS[1]))  # day 2 starts a new one: other indices
+    with pytest.raises(MixedVocabularyError, match=f"{DAYS[0]}..{DAYS[0]}.*{DAYS[1]}"):
+        resolve_inputs(config(tmp_path, DAYS[1]))
+
+
+def test_scoring_compares_the_models_vocabulary_by_value(spark, tmp_path: Path) -> None:
+    from cdtm.scoring import ScoringError, check_vocab
+    from cdtm.train.artifacts import VOCAB_FILE
+
+    lake = Lake(str(tmp_path / "lake"))
+    rows = [("uid", "u1", 2, 5), ("uid", "u2", 3, 4), ("uid", "u3", 4, 1)]
+    vocab = spark.createDataFrame(rows, "field string, value string, index long, count long")
+    version = lake.write(spark, vocab, "vocab", mode="overwrite").version
+    artifact = tmp_path / "model"
+    artifact.mkdir()
+
+    def model_vocab(pairs: list[tuple[str, int]]) -> None:
+        table = pa.table(
+            {
+                "field": ["uid"] * len(pairs),
+                "value": [v for v, _ in pairs],
+                "index": pa.array([i for _, i in pairs], pa.int64()),
+            }
+        )
+        pq.write_table(table, artifact / VOCAB_FILE)
+
+    model_vocab([("u1", 2), ("u2", 3)])  # a prefix: the lake appended u3 since
+    check_vocab(artifact, lake, version)
+    model_vocab([("u2", 2), ("u1", 3), ("u3", 4)])  # same size, indices swapped
+    with pytest.raises(ScoringError, match=r"2 of 3 values differ.*uid='u2' \(model 2, lake 3"):
+        check_vocab(artifact, lake, version)
