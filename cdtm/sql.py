@@ -108,8 +108,13 @@ def run_sql(
     if spark is None:
         raise ValueError("engine=spark needs a SparkSession")
     lake.register_all(spark, names)
-    if lake.schema:
-        space = ".".join(p for p in (lake.catalog, lake.schema) if p)
-        spark.sql(f"USE {space}")
-    spark.conf.set("spark.sql.runSQLOnFiles", "false")
-    return spark.sql(sql).toPandas()
+    database = spark.catalog.currentDatabase()
+    on_files = spark.conf.get("spark.sql.runSQLOnFiles", "true")
+    try:
+        if lake.schema:
+            spark.sql(f"USE {'.'.join(p for p in (lake.catalog, lake.schema) if p)}")
+        spark.conf.set("spark.sql.runSQLOnFiles", "false")
+        return spark.sql(sql).toPandas()
+    finally:  # the session may be shared (tests, notebooks): leave it as it was
+        spark.conf.set("spark.sql.runSQLOnFiles", on_files or "true")
+        spark.catalog.setCurrentDatabase(database)

@@ -277,6 +277,10 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             spark,
             features,
             FEATURES,
+            # Not compacted: the training reader shards a day by row group, and one file per
+            # day could leave a Horovod rank without rows (the ETL's files are sized by
+            # etl.output_partitions instead).
+            compact=False,
             mode="overwrite_day",
             partition_by=["ds"],
             ds=ds,

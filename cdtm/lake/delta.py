@@ -571,9 +571,11 @@ class Lake:
             return None
         return ".".join(p for p in (self.catalog, self.schema, name) if p)
 
-    def write(self, spark: SparkSession, df: DataFrame, name: str, **kwargs: Any) -> WriteResult:
-        """Write one commit; a day written with the Spark engine is then compacted
-        (``OPTIMIZE ... WHERE ds``), and every table ends up registered by name."""
+    def write(
+        self, spark: SparkSession, df: DataFrame, name: str, compact: bool = True, **kwargs: Any
+    ) -> WriteResult:
+        """Write one commit; with the Spark engine a day written with ``compact`` is then
+        compacted (``OPTIMIZE ... WHERE ds``); every table ends up registered by name."""
         kwargs.setdefault("commit_retries", self.commit_retries)
         catalog = spark_delta.has_delta(spark) and self.schema is not None
         if catalog:
@@ -586,7 +588,7 @@ class Lake:
             table_name=self.table_name(name) if catalog else None,
             **kwargs,
         )
-        if self.engine == "spark" and kwargs.get("mode") == "overwrite_day":
+        if compact and self.engine == "spark" and kwargs.get("mode") == "overwrite_day":
             spark_delta.optimize(spark, self.path(name), kwargs.get("ds"))
         if catalog:
             self.register(spark, name)
