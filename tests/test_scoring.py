@@ -73,7 +73,8 @@ def test_mismatched_or_tampered_model_is_refused_without_a_write(
     (bad / "feature_spec.json").write_text(json.dumps(spec))
     seal(bad)  # a consistent artifact, but for another vocabulary
     with pytest.raises(
-        ScoringError, match="does not match the lake.s feature spec: vocabulary sizes .* above the lake.s"
+        ScoringError,
+        match="does not match the lake.s feature spec: vocabulary sizes .* above the lake.s",
     ):
         score_day(spark, config(cfg, "scoring.model=mismatched"))
     (bad / "model.json").write_text("{}")  # tampered after sealing
