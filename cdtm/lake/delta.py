@@ -180,18 +180,22 @@ def write_table(
             if not raced:
                 raise
             if attempt == commit_retries or mode == "create":
-                what = f"day {ds}" if mode == "overwrite_day" else f"mode {mode}"
-                raise ConcurrentWriteError(
-                    f"{root}: another writer committed while this job was writing ({what}); "
-                    f"nothing of this write was committed (its {len(adds)} files are orphans "
-                    f"that `jobs/maintain.py vacuum` removes). Re-run the job, or set "
-                    f"lake.commit_retries to replace the other writer's rows. Cause: {e}"
-                ) from e
+                detail = f"its {len(adds)} files are orphans that `jobs/maintain.py vacuum` removes"
+                raise _lost_race(root, mode, ds, f"{detail}. Cause: {e}") from e
             exists, read_version = table_exists(root), None  # retry: against the latest
     commit_seconds = time.perf_counter() - t0
     fault_point("lake.after_commit", name)
     n_rows = sum(json.loads(a.stats)["numRecords"] for a in adds)
     return WriteResult(root, table_version(root), len(adds), n_rows, commit_seconds)
+
+
+def _lost_race(root: str, mode: WriteMode, ds: str | None, detail: str) -> ConcurrentWriteError:
+    what = f"day {ds}" if mode == "overwrite_day" else f"mode {mode}"
+    return ConcurrentWriteError(
+        f"{root}: another writer committed while this job was writing ({what}); nothing of "
+        f"this write was committed ({detail}). Re-run the job, or set lake.commit_retries to "
+        "replace the other writer's rows."
+    )
 
 
 def _commit(
@@ -362,12 +366,7 @@ def _write_spark(
             if conflict is None:
                 raise
             if attempt == commit_retries or mode == "create":
-                what = f"day {ds}" if mode == "overwrite_day" else f"mode {mode}"
-                raise ConcurrentWriteError(
-                    f"{root}: another writer committed while this job was writing ({what}); "
-                    f"nothing of this write was committed ({conflict}). Re-run the job, or set "
-                    "lake.commit_retries to replace the other writer's rows."
-                ) from e
+                raise _lost_race(root, mode, ds, conflict) from e
     commit_seconds = time.perf_counter() - t0
     fault_point("lake.after_commit", name)
     last = spark_delta.last_commit(spark, root)
