@@ -57,6 +57,12 @@ def _num(col: str) -> Column:
     return F.expr(f"try_cast(nullif(trim({_ident(col)}), '') as double)")
 
 
+def _finite(num: Column) -> Column:
+    """A parsed number that is neither null, NaN nor infinite ('inf' and '1e400' parse as
+    infinity: a rating of 1e400 is no click and a price of inf is no price)."""
+    return num.isNotNull() & ~F.isnan(num) & (F.abs(num) != F.lit(float("inf")))
+
+
 def domain_index(domain: DomainConf, raw_col: str) -> Column:
     """Domain name of a raw value (mapping, bins or the value itself) -> its index, or null."""
     raw = _clean(raw_col)
@@ -97,9 +103,7 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
 
     label_num = _num(label.column)
     if label.threshold is not None:
-        label_val = F.when(label_num.isNull() | F.isnan(label_num), None).otherwise(
-            (label_num >= F.lit(label.threshold)).cast("int")
-        )
+        label_val = F.when(_finite(label_num), (label_num >= F.lit(label.threshold)).cast("int"))
     else:
         label_val = F.when(label_num.isin(0.0, 1.0), label_num.cast("int"))
 
@@ -129,13 +133,13 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         raw = _clean(d.source_column)
         num = _num(d.source_column)
         in_domain = _in_domain(dom, domain, d.domains)
-        bad = raw.isNotNull() & (num.isNull() | F.isnan(num)) & in_domain
+        bad = raw.isNotNull() & ~_finite(num) & in_domain
         bad_dense = F.when(bad, F.lit(d.source_column)).otherwise(bad_dense)
     for d in dataset.dense:
         num = _num(d.source_column)
         span = d.max - d.min if d.max > d.min else 1.0
         scaled = F.least(F.greatest((num - F.lit(d.min)) / F.lit(span), F.lit(0.0)), F.lit(1.0))
-        keep = _in_domain(dom, domain, d.domains) & num.isNotNull() & ~F.isnan(num)
+        keep = _in_domain(dom, domain, d.domains) & _finite(num)
         dense_cols.append(
             F.when(keep, scaled).otherwise(F.lit(0.0)).cast("float").alias(f"dense_{d.name}")
         )

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from cdtm.config import DatasetConf, build
+from cdtm.config import DatasetConf, LabelConf, build
 from feature_etl.sources import read_events
 from feature_etl.validate import validate
 from feature_etl.vocab import apply_vocab, build_vocab
@@ -154,3 +155,33 @@ def test_vocab_min_count_order_pad_and_oov(spark) -> None:
     assert got["u3"] == (3, 1, q_hash)  # a2 seen once < min_count 2 -> OOV
     assert got["u9"] == (1, 0, 0)  # unseen user -> OOV, absent values -> PAD
     assert got["u1"][:2] == (2, 2)
+
+
+def test_non_finite_ratings_and_prices_are_rejected(spark, tmp_path: Path) -> None:
+    """'inf' and '1e400' parse as infinity: no click, no price; rejected with the field named."""
+    path = tmp_path / "events.csv"
+    path.write_text(
+        "uid,ad,slot,clicked,when,query,tags,price\n"
+        "u1,a1,h,5,2024-01-01 10:00:00,,t,50\n"
+        "u2,a1,h,1e400,2024-01-01 10:00:00,,t,50\n"
+        "u3,a1,h,inf,2024-01-01 10:00:00,,t,50\n"
+        "u4,a1,h,-inf,2024-01-01 10:00:00,,t,50\n"
+        "u5,a1,h,4,2024-01-01 10:00:00,,t,inf\n"
+        "u6,a1,h,4,2024-01-01 10:00:00,,t,-1e400\n"
+    )
+    ds = dataclasses.replace(dataset(path), label=LabelConf(column="clicked", threshold=4.0))
+    got = validate(read_events(spark, ds, "2024-01-01"), ds).select(
+        "user_key", "_reason", "_field", "label"
+    )
+    expected = spark.createDataFrame(
+        [
+            ("u1", None, None, 1),
+            ("u2", "bad_label", "clicked", None),
+            ("u3", "bad_label", "clicked", None),
+            ("u4", "bad_label", "clicked", None),
+            ("u5", "bad_value", "price", 1),
+            ("u6", "bad_value", "price", 1),
+        ],
+        "user_key string, _reason string, _field string, label int",
+    )
+    assertDataFrameEqual(got, expected)
