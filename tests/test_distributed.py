@@ -47,11 +47,14 @@ def test_each_rank_reads_a_disjoint_shard_and_together_every_row(spark, syntheti
 def test_two_processes_match_one_and_agree_on_stopping(spark, synthetic_lake) -> None:
     cfg = tiny(synthetic_lake[0], "train.max_epochs=4", "train.patience=1", "train.plots=false")
     single = train_model(cfg)
+    # Half the batch on each of two ranks: the same global batch (the mean of the two ranks'
+    # gradients) and the same number of steps as one process, so the same model up to data order.
     two = tiny(
         synthetic_lake[0],
         "train.max_epochs=4",
         "train.patience=1",
         "train.plots=false",
+        "train.batch_size=256",
         "train.model_version=hvd2",
     )
     ranks = run_on_executors(_rank_main, two, resolve_inputs(two), False)
