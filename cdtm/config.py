@@ -154,6 +154,9 @@ class SourceConf:
         ","  # csv: every file has a header row; recbole: tab-separated "name:type" header
     )
     quote: str = '"'
+    # csv: a quoted field may hold newlines (one row). false reads big files in parallel splits,
+    # but a quoted newline then breaks its row in two.
+    multiline: bool = True
     joins: list[JoinConf] = dataclasses.field(default_factory=list)
     synthetic: SyntheticConf | None = None
 

@@ -6,15 +6,17 @@ checked by validation, so a bad value becomes a reject, not a crash) plus:
 - ``_raw``: the row as it came (the malformed text, or JSON of the string values),
 - ``_file``: the input file it came from,
 - ``_corrupt``: set when the row did not parse (wrong number of fields),
+- ``_missing``: the spec's columns that the row's file lacks, where other files have them,
 - ``_domain_from_file``: the domain, where the dataset maps input files to domains,
 - ``_unmatched``: the key column of the first side-table join that found no row.
 """
 
 from __future__ import annotations
 
+import csv
 import glob
 import os
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -24,7 +26,8 @@ from pyspark.sql.utils import AnalysisException
 from cdtm.config import DatasetConf, JoinConf, SourceConf, resolve_path
 
 CORRUPT = "_corrupt"
-META_COLUMNS = ("_raw", "_file", CORRUPT, "_domain_from_file", "_unmatched")
+MISSING = "_missing"
+META_COLUMNS = ("_raw", "_file", CORRUPT, MISSING, "_domain_from_file", "_unmatched")
 
 
 class SourceError(ValueError):
@@ -40,25 +43,37 @@ def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame
         if src.synthetic is None:
             raise SourceError("dataset.source.synthetic: generator settings are missing")
         events = generate(spark, src.synthetic)
-        return _with_meta(events, events.columns, F.lit("synthetic"), None, None)
+        return _with_meta(events, events.columns, F.lit("synthetic"), None, False)
 
+    needed = spec_columns(dataset)
     if src.files:
         parts = []
         for path, domain in src.files.items():
-            df = _read(spark, src.format, resolve_path(path, ds), src)
-            data_cols = [c for c in df.columns if c != CORRUPT]
-            parts.append(_with_meta(df, data_cols, F.input_file_name(), F.lit(domain), CORRUPT))
+            df = _read(spark, src.format, resolve_path(path, ds), src, needed)
+            data_cols = [c for c in df.columns if c not in (CORRUPT, MISSING)]
+            parts.append(_with_meta(df, data_cols, F.input_file_name(), F.lit(domain), True))
         events = _union(parts)
     else:
         if not src.path:
             raise SourceError("dataset.source: give path, or files (one domain per file)")
-        df = _read(spark, src.format, resolve_path(src.path, ds), src)
-        data_cols = [c for c in df.columns if c != CORRUPT]
-        events = _with_meta(df, data_cols, F.input_file_name(), None, CORRUPT)
+        df = _read(spark, src.format, resolve_path(src.path, ds), src, needed)
+        data_cols = [c for c in df.columns if c not in (CORRUPT, MISSING)]
+        events = _with_meta(df, data_cols, F.input_file_name(), None, True)
 
     for join in src.joins:
         events = _join_side(spark, events, join, src, ds)
     return events
+
+
+def spec_columns(dataset: DatasetConf) -> set[str]:
+    """The input columns the dataset spec reads (from the events or a side table)."""
+    assert dataset.label and dataset.domain and dataset.timestamp and dataset.keys
+    needed = {dataset.label.column, dataset.timestamp.column, dataset.keys.user}
+    needed |= {dataset.keys.item} | {f.source_column for f in dataset.fields}
+    needed |= {d.source_column for d in dataset.dense}
+    if dataset.domain.column:
+        needed.add(dataset.domain.column)
+    return needed
 
 
 def _with_meta(
@@ -66,15 +81,18 @@ def _with_meta(
     data_cols: Sequence[str],
     file_col: Column,
     domain: Column | None,
-    corrupt_col: str | None,
+    read: bool,
 ) -> DataFrame:
+    """``read``: ``df`` came from ``_read`` and has its CORRUPT and MISSING columns."""
     as_json = F.to_json(F.struct(*[F.col(c) for c in data_cols]), {"ignoreNullFields": "false"})
-    corrupt = F.col(corrupt_col) if corrupt_col else F.lit(None).cast("string")
+    none = F.lit(None).cast("string")
+    corrupt = F.col(CORRUPT) if read else none
     return df.select(
         *[F.col(c) for c in data_cols],
         F.coalesce(corrupt, as_json).alias("_raw"),
         file_col.alias("_file"),
         corrupt.alias(CORRUPT),
+        (F.col(MISSING) if read else none).alias(MISSING),
         (domain if domain is not None else F.lit(None)).cast("string").alias("_domain_from_file"),
         F.lit(None).cast("string").alias("_unmatched"),
     )
@@ -95,8 +113,20 @@ def _check_exists(path: str) -> None:
         raise SourceError(f"input not found: {path}")
 
 
-def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFrame:
-    """One input (file, folder or glob) with every column as a string, plus CORRUPT."""
+def _read(
+    spark: SparkSession,
+    fmt: str,
+    path: str,
+    src: SourceConf,
+    needed: Collection[str] = (),
+) -> DataFrame:
+    """One input (file, folder or glob) with every column as a string, plus CORRUPT and MISSING.
+
+    CSV and RecBole files are read by the names in each file's own header, so files whose
+    headers list the columns in another order still line up. A file whose header lacks one of
+    ``needed`` that another file of the input has gets MISSING set on all its rows (they become
+    ``missing_column`` rejects); a column no file has is the dataset spec's error (validate).
+    """
     _check_exists(path)
     try:
         if fmt == "parquet":
@@ -104,41 +134,79 @@ def _read(spark: SparkSession, fmt: str, path: str, src: SourceConf) -> DataFram
             return df.select(
                 *[F.col(c).cast("string").alias(c) for c in df.columns],
                 F.lit(None).cast("string").alias(CORRUPT),
+                F.lit(None).cast("string").alias(MISSING),
             )
-        recbole = fmt == "recbole"
-        sep = "\t" if recbole else src.delimiter
-        quote = "" if recbole else src.quote  # RecBole files do not quote: titles hold '"'
-        header = (
-            spark.read.option("header", True)
-            .option("sep", sep)
-            .option("quote", quote)
-            .csv(path)
-            .columns
-        )
+        files = sorted(spark.read.format("text").load(path).inputFiles())
     except AnalysisException as e:
         raise SourceError(f"cannot read {path}: {e}") from e
-    if not header:
-        raise SourceError(f"{path}: empty input (no header row)")
-    names = [h.split(":")[0] for h in header] if recbole else list(header)
-    dupes = sorted({n for n in names if names.count(n) > 1})
-    if dupes:
-        raise SourceError(f"{path}: duplicate column names in the header: {dupes}")
-    schema = StructType(
-        [StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())]
-    )
+    if not files:
+        raise SourceError(f"{path}: no input files")
+    recbole = fmt == "recbole"
+    sep = "\t" if recbole else src.delimiter
+    quote = "" if recbole else src.quote  # RecBole files do not quote: titles hold '"'
+    by_header: dict[tuple[str, ...], list[str]] = {}
+    for f in files:
+        by_header.setdefault(tuple(_header(spark, f, sep, quote)), []).append(f)
+    have = {n for header in by_header for n in _names(header, recbole)}
     # With CSV column pruning, a query that needs only some columns parses only those, and a
     # row with too many or too few fields is no longer flagged (found by tests/reliability).
     spark.conf.set("spark.sql.csv.parser.columnPruning.enabled", "false")
-    df = (
-        spark.read.schema(schema)
-        .option("header", True)
-        .option("sep", sep)
-        .option("quote", quote)
-        .option("mode", "PERMISSIVE")
-        .option("columnNameOfCorruptRecord", CORRUPT)
-        .csv(path)
-    )
-    return df.toDF(*names, CORRUPT)
+    parts = []
+    for header, group in by_header.items():
+        names = _names(header, recbole)
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise SourceError(f"{group[0]}: duplicate column names in the header: {dupes}")
+        schema = StructType(
+            [StructField(h, StringType()) for h in header] + [StructField(CORRUPT, StringType())]
+        )
+        df = (
+            spark.read.schema(schema)
+            .option("header", True)
+            .option("sep", sep)
+            .option("quote", quote)
+            .option("multiLine", src.multiline and not recbole)
+            .option("mode", "PERMISSIVE")
+            .option("columnNameOfCorruptRecord", CORRUPT)
+            .csv(group)
+            .toDF(*names, CORRUPT)
+        )
+        lacks = sorted((set(needed) & have) - set(names))
+        parts.append(
+            df.withColumns({c: F.lit(None).cast("string") for c in lacks}).withColumn(
+                MISSING, F.lit(",".join(lacks) if lacks else None).cast("string")
+            )
+        )
+    return _union(parts)
+
+
+def _header(spark: SparkSession, file: str, sep: str, quote: str) -> list[str]:
+    """The column names in the first line of ``file`` (any Hadoop file system, compressed too)."""
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    hpath = jvm.org.apache.hadoop.fs.Path(file)
+    stream = hpath.getFileSystem(conf).open(hpath)
+    codec = jvm.org.apache.hadoop.io.compress.CompressionCodecFactory(conf).getCodec(hpath)
+    if codec is not None:
+        stream = codec.createInputStream(stream)
+    reader = jvm.java.io.BufferedReader(jvm.java.io.InputStreamReader(stream, "UTF-8"))
+    try:
+        line = reader.readLine()
+    finally:
+        reader.close()
+    if not line or not line.strip():
+        raise SourceError(f"{file}: empty input (no header row)")
+    line = line.removeprefix("\ufeff")
+    if len(sep) == 1:
+        if quote:
+            return next(csv.reader([line], delimiter=sep, quotechar=quote))
+        return next(csv.reader([line], delimiter=sep, quoting=csv.QUOTE_NONE))
+    return [h.strip(quote) if quote else h for h in line.split(sep)]
+
+
+def _names(header: Sequence[str], recbole: bool) -> list[str]:
+    return [h.split(":")[0] for h in header] if recbole else list(header)
 
 
 def _join_side(
@@ -146,7 +214,7 @@ def _join_side(
 ) -> DataFrame:
     """Left-join a side table (users, items) on ``join.on``; rows without a match are marked."""
     path = resolve_path(join.path, ds)
-    side = _read(spark, join.format or src.format, path, src).drop(CORRUPT)
+    side = _read(spark, join.format or src.format, path, src).drop(CORRUPT, MISSING)
     if join.on not in side.columns:
         raise SourceError(f"{path}: join column {join.on!r} not in its header {side.columns}")
     if join.on not in events.columns:

@@ -4,7 +4,7 @@
 
 - ``_reason`` / ``_field``: the first rule the row breaks (null when accepted) and the
   field, column or file it concerns. Reason codes, in the order they are checked:
-  ``malformed_row``, ``unmatched_join``, ``missing_field``, ``unknown_domain``,
+  ``missing_column`` (the row's file lacks spec columns other files have), ``malformed_row``, ``unmatched_join``, ``missing_field``, ``unknown_domain``,
   ``bad_label``, ``bad_timestamp``, ``bad_value``.
 - ``domain`` (int, index into ``dataset.domain.names``), ``label`` (0/1), ``ts`` (unix
   seconds), ``user_key``, ``item_key``,
@@ -19,8 +19,10 @@ from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from cdtm.config import DatasetConf, DomainConf, FieldConf
+from feature_etl.sources import MISSING, spec_columns
 
 REASONS = (
+    "missing_column",
     "malformed_row",
     "unmatched_join",
     "missing_field",
@@ -88,11 +90,7 @@ def domain_index(domain: DomainConf, raw_col: str) -> Column:
 def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
     assert dataset.label and dataset.domain and dataset.timestamp and dataset.keys
     label, domain, ts_conf, keys = dataset.label, dataset.domain, dataset.timestamp, dataset.keys
-    needed = {label.column, ts_conf.column, keys.user, keys.item}
-    needed |= {f.source_column for f in dataset.fields} | {d.source_column for d in dataset.dense}
-    if domain.column:
-        needed.add(domain.column)
-    missing = sorted(needed - set(events.columns))
+    missing = sorted(spec_columns(dataset) - set(events.columns))
     if missing:
         raise DatasetError(
             f"dataset {dataset.name!r}: columns {missing} named in the spec are not in the input "
@@ -145,7 +143,8 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         )
 
     reason = (
-        F.when(F.col("_corrupt").isNotNull(), F.lit("malformed_row"))
+        F.when(F.col(MISSING).isNotNull(), F.lit("missing_column"))
+        .when(F.col("_corrupt").isNotNull(), F.lit("malformed_row"))
         .when(F.col("_unmatched").isNotNull(), F.lit("unmatched_join"))
         .when(missing_first.isNotNull(), F.lit("missing_field"))
         .when(dom.isNull(), F.lit("unknown_domain"))
@@ -154,7 +153,8 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         .when(bad_dense.isNotNull(), F.lit("bad_value"))
     )
     field = (
-        F.when(F.col("_corrupt").isNotNull(), F.lit(None))
+        F.when(F.col(MISSING).isNotNull(), F.col(MISSING))
+        .when(F.col("_corrupt").isNotNull(), F.lit(None))
         .when(F.col("_unmatched").isNotNull(), F.col("_unmatched"))
         .when(missing_first.isNotNull(), missing_first)
         .when(dom.isNull(), F.lit(domain.column or "_file"))

@@ -138,3 +138,43 @@ def test_empty_day_fails_and_writes_nothing(spark, tmp_path: Path) -> None:
 def test_bad_config_fails_at_load_naming_the_key(override: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message.replace("(", r"\(")):
         load_config([REPO / "conf" / "local.yaml"], [override])
+
+
+def test_csv_files_are_read_by_their_own_headers(spark, tmp_path: Path) -> None:
+    """Column order differs between files: read by name. A file without a spec column that
+    the others have: every row a missing_column reject naming it. Quoted newlines: one row."""
+    day = tmp_path / "day"
+    day.mkdir()
+    (day / "a.csv").write_text(HEADER + "\nu1,a1,h,1,2024-01-01 10:00:00,q,t,50\n")
+    (day / "b.csv").write_text(
+        "ad,uid,when,clicked,slot,price,tags,query\n"
+        "a2,u2,2024-01-01 11:00:00,0,s,10,t,shoes\n"
+        'a3,u3,2024-01-01 12:00:00,1,s,20,t,"two\nlines"\n'
+    )
+    (day / "c.csv").write_text(
+        "uid,ad,slot,clicked,when,query,tags\nu4,a4,h,1,2024-01-01 13:00:00,q,t\n"
+        "u5,a5,h,1,2024-01-01 13:00:00,q,t\n"
+    )
+    ds = dataset(day)
+    out = validate(read_events(spark, ds, "2024-01-01"), ds)
+    got = {
+        r["user_key"]: (r["item_key"], r["_reason"], r["_field"], r["_v_query"])
+        for r in out.collect()
+    }
+    assert got == {
+        "u1": ("a1", None, None, None),  # home has no query field
+        "u2": ("a2", None, None, "shoes"),
+        "u3": ("a3", None, None, "two\nlines"),
+        "u4": ("a4", "missing_column", "price", None),
+        "u5": ("a5", "missing_column", "price", None),
+    }
+
+
+def test_a_column_no_file_has_is_the_specs_error(spark, tmp_path: Path) -> None:
+    from feature_etl.validate import DatasetError
+
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER.replace(",price", "") + "\nu1,a1,h,1,2024-01-01 10:00:00,q,t\n")
+    ds = dataset(path)
+    with pytest.raises(DatasetError, match="price"):
+        validate(read_events(spark, ds, "2024-01-01"), ds)
