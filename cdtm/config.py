@@ -309,6 +309,13 @@ class DatasetConf:
         if not self.fields:
             raise ConfigError("dataset.fields: at least one feature field is required")
         names = [f.name for f in self.fields] + [d.name for d in self.dense]
+        for n in names:
+            # A field becomes the column f_<name> (dense_<name>) of Delta tables and SQL.
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", n):
+                raise ConfigError(
+                    f"dataset.fields[{n}].name: {n!r} must be a plain column name (letters, "
+                    "digits, _); give the input column as `column:` if its name is not"
+                )
         dupes = sorted({n for n in names if names.count(n) > 1})
         if dupes:
             raise ConfigError(f"dataset.fields: duplicate field names {dupes}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import sys
 
-from cdtm.cli import load, parser, setup_logging
+from cdtm.cli import load, parser, run_job, setup_logging
 from cdtm.lake import Lake
 from cdtm.spark import build_session
 from feature_etl.etl import FEATURES, EtlError, readback_check, report_json, run_etl
@@ -47,4 +47,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("etl", main)

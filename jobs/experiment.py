@@ -18,7 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from cdtm.cli import DEFAULT_CONFIGS, parser, setup_logging
+from cdtm.cli import DEFAULT_CONFIGS, parser, run_job, setup_logging
 from cdtm.config import ConfigError, load_config
 from cdtm.experiments import (
     ALL_MODELS,
@@ -145,4 +145,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("experiment", main)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cdtm.cli import load, parser, setup_logging
+from cdtm.cli import load, parser, run_job, setup_logging
 from cdtm.lake import LakeError
 from cdtm.maintenance import (
     MaintenanceError,
@@ -76,4 +76,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("maintain", main)

@@ -9,9 +9,8 @@ Prints one JSON summary per day on stdout. Re-running a failed day needs no clea
 from __future__ import annotations
 
 import json
-import sys
 
-from cdtm.cli import load, parser, setup_logging
+from cdtm.cli import load, parser, run_job, setup_logging
 from cdtm.pipeline import days, run_days
 from cdtm.spark import build_session
 
@@ -34,4 +33,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("pipeline", main)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cdtm.cli import load, parser, setup_logging
+from cdtm.cli import load, parser, run_job, setup_logging
 from cdtm.sql import SqlRefused, run_sql
 
 
@@ -53,4 +53,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("sql", main)

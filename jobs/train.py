@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sys
 
-from cdtm.cli import load, parser, setup_logging
+from cdtm.cli import load, parser, run_job, setup_logging
 from cdtm.spark import build_session
 from cdtm.train.launch import launch
 
@@ -46,4 +46,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_job("train", main)

@@ -126,9 +126,14 @@ def test_model_chosen_by_mlflow_alias(spark, ml100k, tmp_path: Path) -> None:
     client = MlflowClient()
     version = client.search_model_versions("name = 'cdtm-alias'")[0].version
     client.set_registered_model_alias("cdtm-alias", "champion", version)
-    report = score_day(spark, config(ml100k[0], "scoring.model=alias:champion", *tracking))
+    aliased = config(ml100k[0], "scoring.model=alias:champion", *tracking)
+    report = score_day(spark, aliased)
     assert report.model_version == "aliased"
     assert (
         min(report.score_min_per_domain.values()) >= 0.0
         and max(report.score_max_per_domain.values()) <= 1.0
     )
+    # An alias may only name a model version under artifacts.root.
+    client.set_model_version_tag("cdtm-alias", version, "model_version", "../../elsewhere/m1")
+    with pytest.raises(ScoringError, match="must be a plain name"):
+        score_day(spark, aliased)

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from cdtm.config import Config
+from cdtm.config import Config, ConfigError, check_name
 from cdtm.lake import Lake
 from cdtm.scoring.executor import SCORE_COLUMNS, score_batches
 from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
-from cdtm.train.artifacts import VOCAB_FILE, ArtifactError, latest_artifact, verify
+from cdtm.train.artifacts import VOCAB_FILE, ArtifactError, latest_artifact, load_artifact
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -78,6 +78,10 @@ def _from_registry(cfg: Config, alias: str) -> Path:
         raise ScoringError(
             f"registered model {name}@{alias} (v{mv.version}) has no model_version tag"
         )
+    try:
+        check_name("model_version tag", version)  # a folder of artifacts.root, nothing else
+    except ConfigError as e:
+        raise ScoringError(f"registered model {name}@{alias} (v{mv.version}): {e}") from None
     return Path(cfg.artifacts.root) / version
 
 
@@ -139,7 +143,9 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     lake = Lake.of(cfg.lake)
     artifact = resolve_artifact(cfg).resolve()
     try:
-        verify(artifact)
+        # On the driver, before any executor starts: a bad manifest or weights file is refused
+        # here with its name, not by an executor's traceback.
+        load_artifact(artifact)
     except ArtifactError as e:
         raise ScoringError(str(e)) from e
     model_spec = FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))

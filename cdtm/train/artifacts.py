@@ -78,11 +78,30 @@ def seal(out: Path) -> None:
     write_json(out / MANIFEST, {str(p.relative_to(out)): _sha256(p) for p in files})
 
 
-def verify(out: Path) -> None:
+def _manifest(out: Path) -> dict[str, str]:
+    """The manifest's {relative file name: SHA-256}; anything else is refused, naming the file."""
     path = out / MANIFEST
     if not path.is_file():
         raise ArtifactError(f"{out}: no {MANIFEST}; not a complete artifact")
-    manifest = json.loads(path.read_text())
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: not a JSON manifest ({e}); refusing to load") from None
+    if not isinstance(manifest, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in manifest.items()
+    ):
+        raise ArtifactError(f"{path}: not a {{file: sha256}} object; refusing to load")
+    for name in manifest:
+        parts = Path(name).parts
+        if not parts or Path(name).is_absolute() or ".." in parts or "\\" in name:
+            raise ArtifactError(
+                f"{path}: {name!r} is not a plain name inside the artifact; refusing to load"
+            )
+    return manifest
+
+
+def verify(out: Path) -> None:
+    manifest = _manifest(out)
     unlisted = sorted(set(REQUIRED) - set(manifest))
     if unlisted:
         raise ArtifactError(f"{out}: {MANIFEST} does not cover {unlisted}; refusing to load")
@@ -97,15 +116,28 @@ def verify(out: Path) -> None:
 
 
 def load_artifact(out: Path) -> tuple[CTRModel, FeatureSpec, dict[str, Any]]:
-    """Model (eval mode, CPU), its feature spec and data.json, after checking the manifest."""
+    """Model (eval mode, CPU), its feature spec and data.json, after checking the manifest.
+    A file that passes the manifest but does not load is refused with its name."""
     out = Path(out)
     verify(out)
-    spec = FeatureSpec.from_dict(json.loads((out / "feature_spec.json").read_text()))
-    conf = build(ModelConf, json.loads((out / "model.json").read_text()), prefix="model")
-    model = build_model(spec, conf)
-    model.load_state_dict(torch.load(out / "weights.pt", map_location="cpu", weights_only=True))
+    name = "feature_spec.json"
+    try:
+        spec = FeatureSpec.from_dict(json.loads((out / name).read_text()))
+        name = "model.json"
+        conf = build(ModelConf, json.loads((out / name).read_text()), prefix="model")
+        model = build_model(spec, conf)
+        name = "weights.pt"
+        weights = torch.load(out / name, map_location="cpu", weights_only=True)
+        model.load_state_dict(weights)
+        name = "data.json"
+        data = json.loads((out / name).read_text())
+    except Exception as e:  # noqa: BLE001 - whatever the file holds, the answer is "refused"
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ArtifactError(
+            f"{out / name}: does not load ({type(e).__name__}: {first}); refusing the artifact"
+        ) from e
     model.eval()
-    return model, spec, json.loads((out / "data.json").read_text())
+    return model, spec, data
 
 
 def latest_artifact(root: Path) -> Path:

@@ -5,6 +5,7 @@ no credential from the environment ends up in logs or artifacts."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import shutil
 from pathlib import Path
@@ -78,6 +79,52 @@ def test_weights_never_run_pickled_code_even_with_a_resealed_manifest(
     with pytest.raises(Exception, match="[Ww]eights only load failed|Unsupported global"):
         load_artifact(evil)
     assert not marker.exists()
+
+
+def test_bad_manifests_are_refused_naming_the_file(artifact: Path, tmp_path: Path) -> None:
+    a = copy(artifact, tmp_path / "a")
+    (a / MANIFEST).write_text("{not json")
+    with pytest.raises(ArtifactError, match=f"{a / MANIFEST}: not a JSON manifest"):
+        load_artifact(a)
+
+    b = copy(artifact, tmp_path / "b")
+    (b / MANIFEST).write_text('["weights.pt"]')
+    with pytest.raises(ArtifactError, match="not a {file: sha256} object"):
+        load_artifact(b)
+
+    for outside in ("/etc/hostname", "../" + artifact.name + "/weights.pt", "sub/../../x"):
+        c = copy(artifact, tmp_path / f"c{len(outside)}")
+        manifest = json.loads((c / MANIFEST).read_text())
+        manifest[outside] = "0" * 64
+        (c / MANIFEST).write_text(json.dumps(manifest))
+        with pytest.raises(ArtifactError, match="is not a plain name inside the artifact"):
+            load_artifact(c)
+
+
+def test_hostile_weights_are_refused_on_the_driver_naming_the_file(
+    spark, synthetic_lake, artifact: Path, tmp_path: Path
+) -> None:
+    """Weights that pass a re-sealed manifest but are not this model's: scoring refuses them
+    before any executor starts, naming weights.pt, and writes nothing."""
+    from cdtm.lake import Lake
+    from cdtm.scoring import ScoringError, score_day
+
+    bad = copy(artifact, tmp_path / "root")
+    state = torch.load(bad / "weights.pt", weights_only=True)
+    name = next(iter(state))
+    state[name] = torch.zeros(3, 3)  # the wrong shape
+    torch.save(state, bad / "weights.pt")
+    seal(bad)
+    with pytest.raises(ArtifactError, match=r"weights.pt: does not load \(RuntimeError"):
+        load_artifact(bad)
+    lake = Lake(synthetic_lake[0].lake.root)
+    before = lake.version("scores") if lake.exists("scores") else None
+    cfg = tiny(
+        synthetic_lake[0], f"artifacts.root={tmp_path / 'root'}", f"scoring.model={bad.name}"
+    )
+    with pytest.raises(ScoringError, match=f"{bad / 'weights.pt'}: does not load"):
+        score_day(spark, cfg)
+    assert (lake.version("scores") if lake.exists("scores") else None) == before
 
 
 @pytest.mark.parametrize(

@@ -3,6 +3,7 @@ bad paths, days, configs and run dates fail fast, name what is wrong and write n
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -10,12 +11,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cdtm.config import ConfigError, load_config
+from cdtm.config import ConfigError, DatasetConf, build, load_config
 from cdtm.lake import Lake
 from feature_etl.sources import SourceError, read_events
 from feature_etl.validate import validate
 from tests.conftest import REPO
-from tests.test_validate import dataset
+from tests.test_validate import SPEC, dataset
 
 HEADER = "uid,ad,slot,clicked,when,query,tags,price"
 GOOD = ["u1", "a1", "h", "1", "2024-01-01 10:00:00", "q", "red|big", "50"]
@@ -178,3 +179,36 @@ def test_a_column_no_file_has_is_the_specs_error(spark, tmp_path: Path) -> None:
     ds = dataset(path)
     with pytest.raises(DatasetError, match="price"):
         validate(read_events(spark, ds, "2024-01-01"), ds)
+
+
+def test_field_names_that_are_no_column_names_are_config_errors() -> None:
+    spec = {**SPEC, "fields": [*SPEC["fields"], {"name": "a/b", "column": "tags"}]}
+    with pytest.raises(ConfigError, match=r"dataset.fields\[a/b\].name: 'a/b' must be a plain"):
+        build(DatasetConf, spec, prefix="dataset")
+
+
+def test_an_unexpected_error_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    """Nothing the job expects (a CSV file read as Parquet): exit 1, one line that says what
+    failed and where the traceback went, no traceback on the console."""
+    from tests.reliability.helpers import run_job
+
+    path = tmp_path / "events.csv"
+    path.write_text(HEADER + "\nu1,a1,h,1,2024-01-01 10:00:00,q,t,50\n")
+    args = ["jobs/etl.py", "--config", "conf/local.yaml", "--config"]
+    args += ["conf/datasets/movielens-100k.yaml", "--set", f"lake.root={tmp_path / 'lake'}"]
+    for s in (f"dataset.source.path={path}", "dataset.source.format=parquet"):
+        args += ["--set", s]
+    log = tmp_path / "etl.log"
+    os.environ["CDTM_LOG_DIR"] = str(tmp_path / "logs")
+    try:
+        rc, _ = run_job([*args, "--set", "dataset.source.joins=[]"], log)
+    finally:
+        del os.environ["CDTM_LOG_DIR"]
+    out = log.read_text()
+    last = out.strip().splitlines()[-1]
+    assert rc == 1 and last.startswith("etl failed: "), out[-3000:]
+    assert "Traceback" not in out
+    traceback_file = Path(last.rsplit("(traceback: ", 1)[1].rstrip(")"))
+    assert traceback_file.parent == tmp_path / "logs"
+    assert "Traceback (most recent call last)" in traceback_file.read_text()
+    assert not (tmp_path / "lake").exists() or not Lake(str(tmp_path / "lake")).exists("features")
