@@ -137,8 +137,9 @@ class EtlConf:
     max_reject_rate: float = 0.05
     min_count: int = 1
     # extend: append this day's new values (indices never move); build: index from scratch,
-    # only on a lake with no features yet; reuse: the stored vocabulary as it is.
-    vocab: Literal["extend", "build", "reuse"] = "extend"
+    # only on a lake with no features yet; rebuild: index from scratch over this day and every
+    # stored day, and rewrite them all in one commit; reuse: the stored vocabulary as it is.
+    vocab: Literal["extend", "build", "rebuild", "reuse"] = "extend"
     split: SplitConf = dataclasses.field(default_factory=SplitConf)
     output_partitions: int = 0  # 0: let Spark decide
 

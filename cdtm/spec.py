@@ -162,6 +162,8 @@ LINK_KEYS = {
 # were indexed with (one generation: indices that never moved; see feature_etl/vocab.py).
 DAY_KEY = "cdtm.ds"
 GENERATION_KEY = "cdtm.vocab_generation"
+# A commit that rewrote every day (etl.vocab=rebuild) lists them: all now of its generation.
+DAYS_KEY = "cdtm.days"
 
 
 def day_generations(lake_root: str, features_version: int) -> dict[str, str]:
@@ -178,7 +180,9 @@ def day_generations(lake_root: str, features_version: int) -> dict[str, str]:
         if not (isinstance(meta, str) and meta.startswith("{")):
             continue
         info = json.loads(meta)
-        if DAY_KEY in info and GENERATION_KEY in info:
+        if DAYS_KEY in info and GENERATION_KEY in info:
+            out = {str(d): str(info[GENERATION_KEY]) for d in info[DAYS_KEY]}
+        elif DAY_KEY in info and GENERATION_KEY in info:
             out[str(info[DAY_KEY])] = str(info[GENERATION_KEY])
     return out
 

@@ -24,6 +24,7 @@ from cdtm.faults import fault_point
 from cdtm.lake import Lake, WriteResult, commit_info
 from cdtm.spec import (
     DAY_KEY,
+    DAYS_KEY,
     GENERATION_KEY,
     LINK_KEYS,
     SPEC_COLUMNS,
@@ -35,8 +36,10 @@ from cdtm.spec import (
 )
 from feature_etl.sources import read_events
 from feature_etl.split import assign_split
-from feature_etl.validate import REASONS, validate
+from feature_etl.validate import REASONS, validate, value_column
 from feature_etl.vocab import (
+    OOV,
+    PAD,
     apply_vocab,
     build_vocab,
     extend_vocab,
@@ -175,9 +178,10 @@ def index_values(
             f"etl.vocab=build would re-index from this day's rows while the days stored in "
             f"{lake.path(FEATURES)} keep indices into the current vocabulary (their rows would "
             "map to other values). Use etl.vocab=extend (the default: new values are appended, "
-            "no index moves), or a new lake.root."
+            "no index moves), etl.vocab=rebuild (re-indexes every stored day in the same run), "
+            "or a new lake.root."
         )
-    if cfg.etl.vocab == "build" or not lake.exists(VOCAB):
+    if cfg.etl.vocab in ("build", "rebuild") or not lake.exists(VOCAB):
         return build_vocab(train_rows, dataset.fields, cfg.etl.min_count), uuid.uuid4().hex[:12]
     # The vocabulary the latest published day was indexed with (a newer one from a killed run
     # was never published); without any day, the latest.
@@ -195,6 +199,43 @@ def vocab_generation(lake: Lake, version: int) -> str:
     """The generation of vocab ``version``: the same for every extension of one build."""
     info = commit_info(lake.path(VOCAB), version)
     return str(info.get(GENERATION_KEY) or f"v{version}")  # tables from before generations
+
+
+def stored_days(
+    spark: SparkSession, lake: Lake, dataset: DatasetConf, ds: str
+) -> tuple[DataFrame, int]:
+    """For ``etl.vocab=rebuild``: the published days other than ``ds``, each vocabulary field's
+    index read back as its value (``_v_<field>``; the old index kept as ``_old_<field>``), and
+    the features version they come from."""
+    linked = published_versions(lake.root, lake.version(FEATURES))
+    rows = lake.read(spark, FEATURES, linked["features"]).where(F.col("ds") != F.lit(ds))
+    vocab = lake.read(spark, VOCAB, linked["vocab"])
+    for f in dataset.fields:
+        if f.hash_buckets > 0:
+            continue
+        old = f"_old_{f.name}"
+        lookup = vocab.where(F.col("field") == f.name).select(
+            F.col("index").alias(old), F.col("value").alias(value_column(f))
+        )
+        rows = rows.withColumnRenamed(feature_column(f), old).join(lookup, old, "left")
+    return rows, linked["features"]
+
+
+def rebuilt(rows: DataFrame, vocab: DataFrame, dataset: DatasetConf) -> DataFrame:
+    """Stored rows re-indexed with the rebuilt ``vocab``: absent stays absent, a value once out
+    of the vocabulary stays OOV (its value was never stored), every other value gets its new
+    index."""
+    fields = [f for f in dataset.fields if f.hash_buckets <= 0]
+    out = apply_vocab(rows, vocab, fields)
+    for f in fields:
+        old = F.col(f"_old_{f.name}")
+        out = out.withColumn(
+            feature_column(f),
+            F.when(old == F.lit(PAD), PAD)
+            .when(old == F.lit(OOV), OOV)
+            .otherwise(F.col(feature_column(f))),
+        )
+    return out
 
 
 def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
@@ -232,6 +273,10 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             )
 
         accepted = assign_split(checked.where(F.col("_reason").isNull()), cfg.etl.split)
+        # rebuild: one new vocabulary from this day and every stored day, which are re-indexed
+        # with it and written together with this day in one commit.
+        rebuild = cfg.etl.vocab == "rebuild" and lake.exists(FEATURES)
+        stored, stored_rows = None, 0
         if cfg.etl.vocab == "reuse":
             if not lake.exists(VOCAB):
                 raise EtlError(f"etl.vocab=reuse but there is no vocab table at {lake.path(VOCAB)}")
@@ -247,6 +292,19 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
                 )
         else:
             train_rows = accepted.where(F.col("split") == "train")
+            if rebuild:
+                stored, stored_version = stored_days(spark, lake, dataset, ds)
+                stored = stored.persist(StorageLevel.MEMORY_AND_DISK)
+                stored_rows = stored.count()
+                values = [value_column(f) for f in dataset.fields if f.hash_buckets <= 0]
+                train_rows = train_rows.select(*values).unionByName(
+                    stored.where(F.col("split") == "train").select(*values)
+                )
+                log.info(
+                    "etl.vocab=rebuild: re-indexing %s stored rows of features v%d with this day",
+                    f"{stored_rows:,}",
+                    stored_version,
+                )
             vocab, generation = index_values(spark, lake, cfg, dataset, train_rows)
             res = lake.write(
                 spark,
@@ -268,6 +326,12 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             by_split[r["split"]] = by_split.get(r["split"], 0) + r["count"]
 
         features = to_features(apply_vocab(accepted, vocab, dataset.fields), dataset, ds)
+        metadata: dict[str, object] = {DAY_KEY: ds, GENERATION_KEY: generation}
+        if stored is not None:
+            again = rebuilt(stored, vocab, dataset).select(*features.columns)
+            features = again.unionByName(features)
+            days = {r["ds"] for r in stored.select("ds").distinct().collect()} | {ds}
+            metadata[DAYS_KEY] = sorted(days)
         if cfg.etl.output_partitions > 0:
             features = features.repartition(cfg.etl.output_partitions)
         # Features last: its commit publishes the day, and names the vocab/spec it was built with.
@@ -281,26 +345,28 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             # day could leave a Horovod rank without rows (the ETL's files are sized by
             # etl.output_partitions instead).
             compact=False,
-            mode="overwrite_day",
+            mode="overwrite" if stored is not None else "overwrite_day",
             partition_by=["ds"],
             ds=ds,
             commit_metadata={
                 LINK_KEYS["vocab"]: versions[VOCAB],
                 LINK_KEYS["feature_spec"]: versions[SPEC],
                 LINK_KEYS["rejects"]: rejects.version,
-                DAY_KEY: ds,
-                GENERATION_KEY: generation,
+                **metadata,
             },
         )
         versions[FEATURES], versions[REJECTS] = written.version, rejects.version
 
-        if written.rows + rejects.rows != input_rows or written.rows != accepted_rows:
+        written_today = written.rows - stored_rows
+        if written_today + rejects.rows != input_rows or written_today != accepted_rows:
             raise EtlError(
                 f"ds={ds}: counts do not reconcile: input {input_rows:,}, features written {written.rows:,}, "
                 f"rejects written {rejects.rows:,} (accepted counted {accepted_rows:,})"
             )
     finally:
         checked.unpersist()
+        if stored is not None:
+            stored.unpersist()
 
     report = EtlReport(
         ds=ds,

@@ -117,3 +117,38 @@ def test_scoring_compares_the_models_vocabulary_by_value(spark, tmp_path: Path) 
     model_vocab([("u2", 2), ("u1", 3), ("u3", 4)])  # same size, indices swapped
     with pytest.raises(ScoringError, match=r"2 of 3 values differ.*uid='u2' \(model 2, lake 3"):
         check_vocab(artifact, lake, version)
+
+
+def test_rebuild_reindexes_every_stored_day_in_one_commit(spark, tmp_path: Path) -> None:
+    """etl.vocab=rebuild: one new vocabulary (ordered by count over all days), every stored
+    day rewritten with it in the same commit; every row still reads back as its own user, and
+    training sees one generation."""
+    from cdtm.spec import day_generations
+    from cdtm.train.job import resolve_inputs
+    from feature_etl.etl import run_etl
+
+    (tmp_path / "in").mkdir()
+    lake = Lake(str(tmp_path / "lake"))
+    for day, ds in enumerate(DAYS[:2], start=1):
+        write_day(tmp_path / "in", ds, day)
+        run_etl(spark, config(tmp_path, ds))
+    before = lake.read(spark, "features").toPandas()
+    old = lake.read(spark, "vocab").where("field = 'uid'").toPandas()
+    version = lake.version("features")
+
+    run_etl(spark, config(tmp_path, DAYS[1], "etl.vocab=rebuild"))
+    assert lake.version("features") == version + 1  # every day in one commit
+    after = lake.read(spark, "features").toPandas()
+    assert len(after) == len(before) and set(after["ds"]) == set(DAYS[:2])
+    new = lake.read(spark, "vocab").where("field = 'uid'").toPandas()
+    assert set(new["value"]) == set(old["value"])
+    assert dict(zip(new["value"], new["index"])) != dict(zip(old["value"], old["index"]))
+    rows = decoded(spark, lake)
+    known = rows[rows["f_uid"] >= 2]
+    assert (known["value"] == known["user_key"]).all()
+    merged = before.merge(after, on="row_id", suffixes=("_before", "_after"))
+    assert len(merged) == len(before)
+    assert ((merged["f_uid_before"] <= 1) == (merged["f_uid_after"] <= 1)).all()  # PAD/OOV kept
+    gens = day_generations(lake.root, lake.version("features"))
+    assert set(gens) == set(DAYS[:2]) and len(set(gens.values())) == 1
+    resolve_inputs(config(tmp_path, DAYS[1]))  # one generation: training accepts the days
