@@ -78,8 +78,12 @@ def track(
         artifact_uri = f"{run.info.artifact_uri}/model"
     name = cfg.tracking.registered_model
     if name:
+        from mlflow.exceptions import MlflowException
+
         client = MlflowClient()
-        if not client.search_registered_models(filter_string=f"name = '{name}'"):
+        try:  # get, not a filtered search: the Unity Catalog registry refuses filters
+            client.get_registered_model(name)
+        except MlflowException:
             client.create_registered_model(name)
         mv = client.create_model_version(
             name, source=artifact_uri, run_id=run_id, tags={"model_version": model_version}
