@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdtm.config import Config
 from cdtm.lake import Lake
+from cdtm.spec import published_versions
 from cdtm.sql import lake_tables
 
 if TYPE_CHECKING:
@@ -50,8 +51,13 @@ def vacuum_lake(
             "deleted. Stop every job on this lake first, then pass --force."
         )
     names = _tables(lake, tables, "vacuum")
-    removed = {}
+    held = _held_by_features(lake)
+    removed: dict[str, list[str]] = {}
     for name in names:
+        if name in held:
+            log.warning("vacuum %s: skipped: %s", lake.path(name), held[name])
+            removed[name] = []
+            continue
         removed[name] = lake.vacuum(name, hours, dry_run=dry_run, spark=spark)
         log.info(
             "vacuum %s (retention %g h)%s: %d files",
@@ -61,6 +67,26 @@ def vacuum_lake(
             len(removed[name]),
         )
     return removed
+
+
+def _held_by_features(lake: Lake) -> dict[str, str]:
+    """Tables whose files vacuum must keep: the published ``features`` version names the
+    ``vocab``/``feature_spec``/``rejects`` versions it was built with (an ETL re-indexes from
+    that vocab; training and scoring read that spec). Where a run that never published (a killed
+    one) committed a newer version since, vacuum would delete the named version's files, so
+    such a table waits until a day is published again."""
+    if not lake.exists("features"):
+        return {}
+    version = lake.version("features")
+    linked = published_versions(lake.root, version)
+    held = {}
+    for table, wanted in linked.items():
+        if table != "features" and lake.exists(table) and lake.version(table) != wanted:
+            held[table] = (
+                f"features v{version} names {table} v{wanted}, superseded by v{lake.version(table)} "
+                "from a run that did not publish; vacuumed once a day is published again"
+            )
+    return held
 
 
 def _tables(lake: Lake, tables: list[str] | None, command: str) -> list[str]:
