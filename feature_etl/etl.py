@@ -252,6 +252,8 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     checked = validate(read_events(spark, dataset, ds), dataset).persist(
         StorageLevel.MEMORY_AND_DISK
     )
+    stored: DataFrame | None = None  # etl.vocab=rebuild: the stored days, re-indexed below
+    stored_rows = 0
     try:
         counts = {
             r["_reason"]: int(r["count"]) for r in checked.groupBy("_reason").count().collect()
@@ -276,7 +278,6 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
         # rebuild: one new vocabulary from this day and every stored day, which are re-indexed
         # with it and written together with this day in one commit.
         rebuild = cfg.etl.vocab == "rebuild" and lake.exists(FEATURES)
-        stored, stored_rows = None, 0
         if cfg.etl.vocab == "reuse":
             if not lake.exists(VOCAB):
                 raise EtlError(f"etl.vocab=reuse but there is no vocab table at {lake.path(VOCAB)}")
