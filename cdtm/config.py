@@ -400,8 +400,8 @@ class TrainConf:
     checkpoint_every: int = 0  # steps between checkpoints; 0: at epoch ends only
     log_every: int = 50  # steps between progress lines
     max_steps_per_epoch: int = 0  # 0: the whole training split (tiny profiles set it)
-    backend: Literal["single", "horovod-spark", "horovodrun"] = "single"
-    num_proc: int = 2  # horovod-spark: training processes started on Spark executors
+    backend: Literal["single", "horovod-spark", "horovodrun", "torch-distributor"] = "single"
+    num_proc: int = 2  # horovod-spark, torch-distributor: training processes Spark starts
     nics: list[str] | None = (
         None  # Horovod's interfaces, e.g. [lo] on one machine; None: Horovod picks
     )

@@ -24,7 +24,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging()
     cfg = load(args)
-    spark = build_session(cfg.spark) if cfg.train.backend == "horovod-spark" else None
+    spark = (
+        build_session(cfg.spark)
+        if cfg.train.backend in ("horovod-spark", "torch-distributor")
+        else None
+    )
     try:
         result = launch(spark, cfg, resume=args.resume)
     except (FileNotFoundError, RuntimeError) as e:

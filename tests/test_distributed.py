@@ -64,3 +64,25 @@ def test_two_processes_match_one_and_agree_on_stopping(spark, synthetic_lake) ->
     assert ranks[0].metrics["valid.rows.pooled"] == single.metrics["valid.rows.pooled"]
     assert abs(ranks[0].metrics["valid.auc.pooled"] - single.metrics["valid.auc.pooled"]) < 0.005
     assert (Path(cfg.artifacts.root) / "hvd2" / "manifest.json").is_file()  # rank 0 wrote it
+
+
+def test_torch_distributor_two_processes_match_one(spark, synthetic_lake) -> None:
+    """train.backend=torch-distributor: 2 torch.distributed processes (Gloo) started by
+    TorchDistributor, half the batch each, reach the single process's validation AUC."""
+    from cdtm.train.launch import launch
+
+    common = ["train.max_epochs=4", "train.patience=1", "train.plots=false"]
+    single = train_model(tiny(synthetic_lake[0], *common))
+    two = tiny(
+        synthetic_lake[0],
+        *common,
+        "train.backend=torch-distributor",
+        "train.num_proc=2",
+        "train.batch_size=256",
+        "train.model_version=td2",
+    )
+    result = launch(spark, two)
+    assert result.processes == 2
+    assert result.metrics["valid.rows.pooled"] == single.metrics["valid.rows.pooled"]
+    assert abs(result.metrics["valid.auc.pooled"] - single.metrics["valid.auc.pooled"]) < 0.005
+    assert (Path(two.artifacts.root) / "td2" / "manifest.json").is_file()

@@ -4,6 +4,9 @@
 - ``horovod-spark``: ``horovod.spark.run`` starts ``train.num_proc`` ranks as Spark tasks;
   each reads its own Petastorm shard of the features version; rank 0 writes the artifact.
 - ``horovodrun``: this process is one rank of a job started by ``horovodrun``.
+- ``torch-distributor``: PyTorch's ``TorchDistributor`` (in pyspark) starts ``train.num_proc``
+  torch.distributed processes (Gloo on CPU, NCCL on GPU): on the driver under a local master,
+  as Spark barrier tasks on a cluster. The backend where a runtime ships no Horovod.
 
 Horovod's rendezvous and Gloo traffic use the interfaces in ``train.nics`` (``[lo]`` in
 conf/local.yaml: one machine, loopback only).
@@ -54,6 +57,55 @@ def _rank_main(cfg: Config, inputs: TrainInputs, resume: bool) -> LaunchResult:
     return _summary(train_model(cfg, inputs=inputs, resume=resume, backend=backend), backend.size)
 
 
+def _torch_rank_main(cfg: Config, inputs: TrainInputs, resume: bool) -> LaunchResult:
+    """Runs inside each TorchDistributor process; its return value is rank 0's."""
+    from cdtm.train.distributed import TorchBackend
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    backend = TorchBackend()
+    try:
+        result = train_model(cfg, inputs=inputs, resume=resume, backend=backend)
+        return _summary(result, backend.size)
+    finally:
+        backend.close()
+
+
+def _torch_distributor(
+    spark: SparkSession, cfg: Config, inputs: TrainInputs, resume: bool
+) -> LaunchResult:
+    import torch
+    from pyspark.ml.torch.distributor import TorchDistributor
+
+    local = (spark.sparkContext.master or "").startswith("local")
+    gpu = cfg.train.device == "cuda" or (cfg.train.device == "auto" and torch.cuda.is_available())
+    log.info(
+        "starting %d torch.distributed processes with TorchDistributor (%s, %s, nics %s)",
+        cfg.train.num_proc,
+        "on the driver" if local else "as Spark barrier tasks",
+        "NCCL" if gpu else "Gloo",
+        cfg.train.nics,
+    )
+    # Gloo's interface; the processes inherit it from the driver (local mode).
+    saved = os.environ.get("GLOO_SOCKET_IFNAME")
+    if cfg.train.nics:
+        os.environ["GLOO_SOCKET_IFNAME"] = cfg.train.nics[0]
+    try:
+        distributor = TorchDistributor(
+            num_processes=cfg.train.num_proc, local_mode=local, use_gpu=gpu
+        )
+        result = distributor.run(_torch_rank_main, cfg, inputs, resume)
+    finally:
+        if saved is None:
+            os.environ.pop("GLOO_SOCKET_IFNAME", None)
+        else:
+            os.environ["GLOO_SOCKET_IFNAME"] = saved
+    if not isinstance(result, LaunchResult):
+        raise RuntimeError(f"TorchDistributor returned {result!r}, not rank 0's result")
+    return result
+
+
 def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> LaunchResult:
     backend = cfg.train.backend
     if backend == "single":
@@ -63,7 +115,9 @@ def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> 
         return _rank_main(cfg, inputs, resume)
 
     if spark is None:
-        raise ValueError("train.backend=horovod-spark needs a SparkSession")
+        raise ValueError(f"train.backend={backend} needs a SparkSession")
+    if backend == "torch-distributor":
+        return _torch_distributor(spark, cfg, inputs, resume)
     try:
         import horovod.spark
     except ImportError as e:

@@ -1,6 +1,6 @@
-"""SIGKILL a training run mid-epoch, in one process and as 2 Horovod ranks on Spark: `--resume`
-finishes it from the last checkpoint, and the final test AUC is within 0.002 of an
-uninterrupted run of the same config."""
+"""SIGKILL a training run mid-epoch, in one process, as 2 Horovod ranks on Spark and as 2
+TorchDistributor processes: `--resume` finishes it from the last checkpoint, and the final
+test AUC is within 0.002 of an uninterrupted run of the same config."""
 
 from __future__ import annotations
 
@@ -73,5 +73,19 @@ def test_killed_horovod_run_resumes_to_the_same_auc(synthetic_lake, tmp_path: Pa
         "train.num_proc=2",
         "train.nics=[lo]",
         "train.ema=0.9",  # rank 0 reads the weight average back and broadcasts it
+    )
+    assert abs(resumed - straight) <= 0.002, (resumed, straight)
+
+
+def test_killed_torch_distributor_run_resumes_to_the_same_auc(
+    synthetic_lake, tmp_path: Path
+) -> None:
+    resumed, straight = kill_and_resume(
+        synthetic_lake[0].lake.root,
+        tmp_path,
+        "train.backend=torch-distributor",
+        "train.num_proc=2",
+        "train.nics=[lo]",
+        "train.ema=0.9",
     )
     assert abs(resumed - straight) <= 0.002, (resumed, straight)
