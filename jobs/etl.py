@@ -46,5 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-etl``."""
     run_job("etl", main)
+
+
+if __name__ == "__main__":
+    run()

@@ -144,5 +144,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-experiment``."""
     run_job("experiment", main)
+
+
+if __name__ == "__main__":
+    run()

@@ -75,5 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-maintain``."""
     run_job("maintain", main)
+
+
+if __name__ == "__main__":
+    run()

@@ -32,5 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-pipeline``."""
     run_job("pipeline", main)
+
+
+if __name__ == "__main__":
+    run()

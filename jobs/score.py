@@ -30,5 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-score``."""
     run_job("score", main)
+
+
+if __name__ == "__main__":
+    run()

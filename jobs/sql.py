@@ -52,5 +52,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-sql``."""
     run_job("sql", main)
+
+
+if __name__ == "__main__":
+    run()

@@ -49,5 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def run() -> None:
+    """The console script ``cdtm-train``."""
     run_job("train", main)
+
+
+if __name__ == "__main__":
+    run()

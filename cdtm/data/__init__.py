@@ -1,0 +1,1 @@
+"""The training data path: Petastorm reader over a features version, batches."""

@@ -1,0 +1,1 @@
+"""Training: the loop, backends, launch, artifacts, tracking."""
