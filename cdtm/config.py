@@ -105,15 +105,28 @@ def check_name(key: str, value: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class RunConf:
-    ds: str
+    ds: str = ""
+    # The run's own date (a scheduler's start date): where ds is empty, ds is the day before it,
+    # the last whole day of events.
+    today: str | None = None
 
     def __post_init__(self) -> None:
-        try:
-            dt.date.fromisoformat(self.ds)
-        except ValueError:
-            raise ConfigError(f"run.ds: {self.ds!r} is not a date (YYYY-MM-DD)") from None
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", self.ds):
-            raise ConfigError(f"run.ds: {self.ds!r} is not a date (YYYY-MM-DD)")
+        if not self.ds:
+            if not self.today:
+                raise ConfigError("run.ds: empty, and no run.today whose day before to take")
+            _check_date("run.today", self.today)
+            day_before = dt.date.fromisoformat(self.today) - dt.timedelta(days=1)
+            object.__setattr__(self, "ds", day_before.isoformat())
+        _check_date("run.ds", self.ds)
+
+
+def _check_date(key: str, value: str) -> None:
+    try:
+        dt.date.fromisoformat(str(value))
+    except ValueError:
+        raise ConfigError(f"{key}: {value!r} is not a date (YYYY-MM-DD)") from None
+    if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", str(value)):
+        raise ConfigError(f"{key}: {value!r} is not a date (YYYY-MM-DD)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,40 +1,96 @@
-"""The Databricks Asset Bundle: a nightly etl -> train -> score job whose files exist."""
+"""The Databricks Asset Bundle: Databricks' own typed model of job resources accepts the job
+(every field and enum value known), paths resolve from the file that names them, and the job
+has what a nightly job on Unity Catalog needs."""
 
 from __future__ import annotations
 
+import copy
+import re
 from pathlib import Path
 
+import pytest
 import yaml
 
+from cdtm.config import load_config
 from tests.conftest import REPO
+
+jobs_model = pytest.importorskip("databricks.bundles.jobs", reason="pip install databricks-bundles")
 
 
 def load(path: Path) -> dict:
     return yaml.safe_load(path.read_text())
 
 
-def test_bundle_job_graph_entry_points_and_configs() -> None:
-    bundle = load(REPO / "databricks.yml")
-    assert bundle["bundle"]["name"] == "cdtm" and bundle["include"] == ["resources/*.yml"]
-    jobs = {}
+def nightly() -> dict:
+    jobs: dict = {}
     for f in sorted((REPO / "resources").glob("*.yml")):
         jobs.update(load(f)["resources"]["jobs"])
-    job = jobs["cdtm_nightly"]
-    assert job["schedule"]["quartz_cron_expression"].startswith("0 0 2")  # nightly
+    return jobs["cdtm_nightly"]
+
+
+def test_databricks_typed_model_accepts_the_job_and_refuses_a_typo() -> None:
+    job = nightly()
+    parsed = jobs_model.Job.from_dict(job)
+    assert parsed.max_concurrent_runs == 1
+    typo = copy.deepcopy(job)
+    typo["tasks"][0]["spark_python_task"]["python_fil"] = "x"
+    with pytest.raises(ValueError, match="python_fil"):
+        jobs_model.Job.from_dict(typo)
+
+
+def test_bundle_targets_variables_and_paths() -> None:
+    bundle = load(REPO / "databricks.yml")
+    assert bundle["bundle"]["name"] == "cdtm" and bundle["include"] == ["resources/*.yml"]
+    prod = bundle["targets"]["prod"]
+    assert prod["mode"] == "production" and prod["workspace"]["root_path"]
+    assert prod["run_as"]["service_principal_name"] == "${var.run_as_service_principal}"
+    variables = bundle["variables"]
+    assert "default" not in variables["lake_root"]  # no sane default: the user names it
+    defaults = [str(v.get("default", "")) for v in variables.values()]
+    assert not any(d.startswith("/dbfs/") for d in defaults)
+    job = nightly()
+    text = (REPO / "resources" / "cdtm_job.yml").read_text()
+    used = set(re.findall(r"\$\{var\.([a-z_]+)\}", text + yaml.safe_dump(bundle)))
+    assert used <= set(variables), sorted(used - set(variables))
+    for key in ("lake_root", "catalog", "schema", "dataset_config", "registered_model"):
+        assert key in used, key
     tasks = {t["task_key"]: t for t in job["tasks"]}
     assert list(tasks) == ["etl", "train", "score"]
-    assert [d["task_key"] for d in tasks["train"].get("depends_on", [])] == ["etl"]
-    assert [d["task_key"] for d in tasks["score"].get("depends_on", [])] == ["train"]
+    assert [d["task_key"] for d in tasks["train"]["depends_on"]] == ["etl"]
+    assert [d["task_key"] for d in tasks["score"]["depends_on"]] == ["train"]
     clusters = {c["job_cluster_key"]: c["new_cluster"] for c in job["job_clusters"]}
+    for key, cluster in clusters.items():
+        assert "-ml-" in cluster["spark_version"], key  # torch is on ML runtimes
+        assert cluster["data_security_mode"] == "SINGLE_USER", key
     assert "gpu" in clusters[tasks["train"]["job_cluster_key"]]["spark_version"]
+    assert job["email_notifications"]["on_failure"] == ["${var.notification_email}"]
+    assert job["parameters"] == [{"name": "ds", "default": ""}]
     for key, task in tasks.items():
+        assert task["max_retries"] >= 1 and task["timeout_seconds"] > 0, key
+        # Relative paths resolve from the file that defines them: resources/ -> the repo.
         entry = (REPO / "resources" / task["spark_python_task"]["python_file"]).resolve()
         assert entry.is_file() and entry.parent == REPO / "jobs", key
+        (whl,) = [lib["whl"] for lib in task["libraries"]]
+        assert (REPO / "resources" / whl).resolve().parent == REPO / "dist", key
         params = task["spark_python_task"]["parameters"]
         configs = [params[i + 1] for i, p in enumerate(params) if p == "--config"]
-        assert configs, key
-        for c in configs:
-            assert (REPO / "resources" / c).resolve().is_file(), (key, c)
+        prefix = "${workspace.file_path}/"
+        assert configs and all(c.startswith(prefix) for c in configs), key
+        for c in configs:  # runtime paths: the bundle's synced files, not the task's cwd
+            path = c.removeprefix(prefix).replace(
+                "${var.dataset_config}", variables["dataset_config"]["default"]
+            )
+            assert (REPO / path).is_file(), (key, c)
         assert "run.ds={{job.parameters.ds}}" in params, key
-        assert task["libraries"] == [{"whl": "./dist/*.whl"}]
-    assert job["parameters"] == [{"name": "ds", "default": "{{job.start_time.iso_date}}"}]
+        assert "run.today={{job.start_time.iso_date}}" in params, key
+    assert "train.backend=torch-distributor" in tasks["train"]["spark_python_task"]["parameters"]
+
+
+def test_an_empty_ds_is_the_day_before_the_run() -> None:
+    """What the job passes on a scheduled night (ds ""), and on a re-run naming its day."""
+    night = load_config([REPO / "conf" / "local.yaml"], ["run.ds=", "run.today=2024-03-01"])
+    assert night.run.ds == "2024-02-29"
+    rerun = load_config(
+        [REPO / "conf" / "local.yaml"], ["run.ds=2024-01-15", "run.today=2024-03-01"]
+    )
+    assert rerun.run.ds == "2024-01-15"
