@@ -458,12 +458,20 @@ class TrackingConf:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringConf:
-    model: str = "latest"  # latest | a model_version folder name | alias:<MLflow alias>
+    # latest | a model_version folder name | alias:<alias of tracking.registered_model> |
+    # models:/<registered model>@<alias> | models:/<registered model>/<version>
+    model: str = "latest"
     table: str = "features"  # lake table whose rows of run.ds are scored
 
     def __post_init__(self) -> None:
         check_name("scoring.table", self.table)
-        if self.model != "latest" and not self.model.startswith("alias:"):
+        if self.model.startswith("models:/"):
+            if not re.fullmatch(r"models:/[A-Za-z0-9_.-]+(@[A-Za-z0-9_-]+|/\d+)", self.model):
+                raise ConfigError(
+                    f"scoring.model: {self.model!r} must be models:/<name>@<alias> or "
+                    "models:/<name>/<version>"
+                )
+        elif self.model != "latest" and not self.model.startswith("alias:"):
             check_name("scoring.model", self.model)
 
 

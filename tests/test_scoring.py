@@ -18,6 +18,7 @@ from cdtm.scoring import ScoringError, score_day
 from cdtm.scoring.executor import batch_from_pandas
 from cdtm.train.artifacts import load_artifact, seal
 from cdtm.train.job import train_model
+from cdtm.train.launch import launch
 from tests.conftest import REPO, tiny_config
 
 
@@ -120,9 +121,10 @@ def test_model_chosen_by_mlflow_alias(spark, ml100k, tmp_path: Path) -> None:
         "train.max_epochs=1",
         "train.model_version=aliased",
         "train.plots=false",
+        "train.backend=single",
         *tracking,
     )
-    train_model(cfg)
+    launch(None, cfg)  # tracks and registers from the driver
     client = MlflowClient()
     version = client.search_model_versions("name = 'cdtm-alias'")[0].version
     client.set_registered_model_alias("cdtm-alias", "champion", version)
@@ -133,6 +135,17 @@ def test_model_chosen_by_mlflow_alias(spark, ml100k, tmp_path: Path) -> None:
         min(report.score_min_per_domain.values()) >= 0.0
         and max(report.score_max_per_domain.values()) <= 1.0
     )
+    # A registry URI, by alias or by version; without the local artifact, the one MLflow stores.
+    for uri in ("models:/cdtm-alias@champion", f"models:/cdtm-alias/{version}"):
+        by_uri = score_day(spark, config(ml100k[0], f"scoring.model={uri}", *tracking))
+        assert by_uri.model_version == "aliased" and by_uri.rows == report.rows
+    local = Path(cfg.artifacts.root) / "aliased"
+    local.rename(local.with_name("moved"))
+    stored = score_day(
+        spark, config(ml100k[0], "scoring.model=models:/cdtm-alias@champion", *tracking)
+    )
+    assert "/_mlflow/cdtm-alias-v" in stored.artifact
+    assert stored.score_mean_per_domain == report.score_mean_per_domain
     # An alias may only name a model version under artifacts.root.
     client.set_model_version_tag("cdtm-alias", version, "model_version", "../../elsewhere/m1")
     with pytest.raises(ScoringError, match="must be a plain name"):

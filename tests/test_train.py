@@ -342,8 +342,14 @@ def _resume_matches(base: Config, tmp_path: Path) -> None:
 def test_mlflow_tracks_params_metrics_artifact_and_registers(
     synthetic_lake, tmp_path: Path
 ) -> None:
+    """From the driver: params, metrics, a pyfunc model with a signature that any MLflow
+    client scores like the artifact does, and a registered version tagged with it."""
     import mlflow
     from mlflow.tracking import MlflowClient
+
+    from cdtm.scoring.executor import batch_from_pandas
+    from cdtm.train.launch import launch
+    from cdtm.train.pyfunc import input_example
 
     store = tmp_path / "mlruns"
     cfg = tiny(
@@ -352,18 +358,49 @@ def test_mlflow_tracks_params_metrics_artifact_and_registers(
         f"tracking.uri={store}",
         "tracking.experiment=t",
         "tracking.registered_model=cdtm-test",
+        "train.backend=single",
         "train.max_epochs=2",
         "train.model_version=tracked",
     )
-    result = train_model(cfg)
+    result = launch(None, cfg)
     mlflow.set_tracking_uri(f"file://{store}")
     client = MlflowClient()
     run = client.search_runs([client.get_experiment_by_name("t").experiment_id])[0]
     assert run.data.params["model.name"] == "cdtm" and run.data.tags["model_version"] == "tracked"
     assert abs(run.data.metrics["test.auc.pooled"] - result.metrics["test.auc.pooled"]) < 1e-12
-    assert len(client.get_metric_history(run.info.run_id, "train_loss")) == 2
-    assert {"model/weights.pt", "model/manifest.json"} <= {
-        f.path for f in client.list_artifacts(run.info.run_id, "model")
-    }
+    losses = client.get_metric_history(run.info.run_id, "train_loss")
+    assert sorted({m.step for m in losses}) == [0, 1]  # one per epoch
     versions = client.search_model_versions("name = 'cdtm-test'")
     assert [v.run_id for v in versions] == [run.info.run_id]
+    assert versions[0].tags["model_version"] == "tracked"
+
+    pyfunc = mlflow.pyfunc.load_model("models:/cdtm-test/1")
+    inputs = pyfunc.metadata.get_input_schema().input_names()
+    model, spec, _ = load_artifact(result.artifact)
+    assert inputs == ["domain", *spec.columns]
+    example = input_example(spec, rows=6)
+    example[spec.fields[0].column] = [2, 3, 4, 5, 6, 7]
+    got = pyfunc.predict(example)
+    with torch.no_grad():
+        want = torch.sigmoid(model(batch_from_pandas(example, spec))).numpy()
+    assert np.allclose(np.asarray(got), want, atol=1e-6)
+
+
+def test_a_tracking_failure_keeps_the_model_and_says_so(synthetic_lake, tmp_path: Path) -> None:
+    from cdtm.train.launch import launch
+    from cdtm.train.tracking import TrackingError
+
+    not_a_folder = tmp_path / "mlruns"
+    not_a_folder.write_text("a file where the store should be")
+    cfg = tiny(
+        synthetic_lake[0],
+        "tracking.enabled=true",
+        f"tracking.uri={not_a_folder}",
+        "train.backend=single",
+        "train.max_epochs=1",
+        f"artifacts.root={tmp_path / 'art'}",
+        "train.model_version=kept",
+    )
+    with pytest.raises(TrackingError, match="artifact is complete at .*kept.*MLflow tracking"):
+        launch(None, cfg)
+    load_artifact(tmp_path / "art" / "kept")  # complete and verified

@@ -57,10 +57,47 @@ def resolve_artifact(cfg: Config) -> Path:
         return latest_artifact(root)
     if choice.startswith("alias:"):
         return _from_registry(cfg, choice.removeprefix("alias:"))
+    if choice.startswith("models:/"):
+        return _from_model_uri(cfg, choice)
     path = root / choice
     if not (path / "manifest.json").is_file():
         raise ScoringError(f"scoring.model={choice!r}: no artifact at {path}")
     return path
+
+
+def _from_model_uri(cfg: Config, uri: str) -> Path:
+    """``models:/<name>@<alias>`` or ``models:/<name>/<version>``: the artifact under
+    artifacts.root that the version's ``model_version`` tag names, or else the artifact the
+    registered MLflow model carries, downloaded under ``artifacts.root/_mlflow/``."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from cdtm.train.tracking import use_tracking
+
+    use_tracking(cfg)
+    client = MlflowClient()
+    name, _, rest = uri.removeprefix("models:/").partition("@")
+    if rest:
+        mv = client.get_model_version_by_alias(name, rest)
+    else:
+        name, _, number = uri.removeprefix("models:/").rpartition("/")
+        mv = client.get_model_version(name, number)
+    tag = (mv.tags or {}).get("model_version")
+    if tag:
+        try:
+            check_name("model_version tag", tag)
+        except ConfigError as e:
+            raise ScoringError(f"{uri} (v{mv.version}): {e}") from None
+        local = Path(cfg.artifacts.root) / tag
+        if (local / "manifest.json").is_file():
+            return local
+    dst = Path(cfg.artifacts.root) / "_mlflow" / f"{name}-v{mv.version}"
+    if not dst.exists():
+        mlflow.artifacts.download_artifacts(f"models:/{name}/{mv.version}", dst_path=str(dst))
+    found = [p.parent for p in dst.rglob("manifest.json")]
+    if len(found) != 1:
+        raise ScoringError(f"{uri} (v{mv.version}): no cdtm artifact in the registered model")
+    return found[0]
 
 
 def _from_registry(cfg: Config, alias: str) -> Path:

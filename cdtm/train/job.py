@@ -265,9 +265,6 @@ def train_model(
             },
         )
         shutil.rmtree(ckpt_dir, ignore_errors=True)  # finished: the artifact supersedes them
-        from cdtm.train.tracking import track
-
-        track(cfg, version, out, result.history, metrics)
         log.info(
             "artifact %s: test AUC pooled %.4f", out, result.test["auc"]["pooled"] or float("nan")
         )

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from cdtm.config import Config
 from cdtm.train.job import TrainInputs, TrainResult, resolve_inputs, train_model
+from cdtm.train.tracking import TrackingError, track
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -107,6 +108,27 @@ def _torch_distributor(
 
 
 def launch(spark: SparkSession | None, cfg: Config, *, resume: bool = False) -> LaunchResult:
+    """Train with ``train.backend``, then track the run in MLflow from this process (the
+    driver: executors carry no workspace credentials). A tracking failure raises
+    ``TrackingError`` naming the complete artifact, which is kept."""
+    result = _train(spark, cfg, resume)
+    if cfg.train.backend == "horovodrun" and result.processes > 1:
+        import horovod.torch as hvd
+
+        if hvd.rank() != 0:
+            return result  # every horovodrun rank runs this: rank 0 alone tracks
+    try:
+        track(cfg, result.model_version, result.artifact)
+    except Exception as e:  # noqa: BLE001 - any MLflow failure: the model is safe, say so
+        raise TrackingError(
+            f"the model trained and its artifact is complete at {result.artifact}, but MLflow "
+            f"tracking at {cfg.tracking.uri!r} failed: {type(e).__name__}: "
+            f"{(str(e).strip().splitlines() or [''])[0][:300]}"
+        ) from e
+    return result
+
+
+def _train(spark: SparkSession | None, cfg: Config, resume: bool) -> LaunchResult:
     backend = cfg.train.backend
     if backend == "single":
         return _summary(train_model(cfg, resume=resume), 1)

@@ -1,5 +1,6 @@
-"""MLflow tracking of a finished training run (rank 0): params, per-epoch metrics, the
-artifact folder, and a new version of the registered model.
+"""MLflow tracking of a finished training run, from the driver: params, per-epoch metrics, the
+model as an MLflow pyfunc (cdtm/train/pyfunc.py) carrying the artifact folder, and a new
+version of the registered model.
 
 Embedded default: a file store under ``./mlruns`` (MLflow 3 keeps it in maintenance mode;
 we opt in with MLFLOW_ALLOW_FILE_STORE). On Databricks, ``tracking.uri: databricks``.
@@ -7,6 +8,7 @@ we opt in with MLFLOW_ALLOW_FILE_STORE). On Databricks, ``tracking.uri: databric
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -42,19 +44,26 @@ def use_tracking(cfg: Config) -> None:
     mlflow.set_tracking_uri(uri)
 
 
-def track(
-    cfg: Config,
-    model_version: str,
-    artifact: Path,
-    history: list[dict[str, Any]],
-    metrics: dict[str, float | None],
-) -> str | None:
-    """Log one run; returns the MLflow run id (None when tracking is off)."""
+class TrackingError(RuntimeError):
+    """MLflow refused the run or the registration; the artifact itself is complete."""
+
+
+def track(cfg: Config, model_version: str, artifact: Path) -> str | None:
+    """Log one finished run from the driver (the artifact rank 0 wrote): params, per-epoch and
+    final metrics, the model as an MLflow pyfunc with a signature and an input example, and a
+    new version of ``tracking.registered_model``. Returns the run id (None when off)."""
     if not cfg.tracking.enabled:
         return None
     import mlflow
-    from mlflow.tracking import MlflowClient
+    from mlflow.models import infer_signature
 
+    from cdtm.spec import FeatureSpec
+    from cdtm.train.pyfunc import ARTIFACT_KEY, CdtmPyfunc, input_example
+
+    history = json.loads((artifact / "history.json").read_text())
+    metrics = json.loads((artifact / "metrics.json").read_text())
+    spec = FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
+    example = input_example(spec)
     use_tracking(cfg)
     mlflow.set_experiment(cfg.tracking.experiment)
     params = _flat(
@@ -72,21 +81,34 @@ def track(
             )
             mlflow.log_metrics(step_metrics, step=int(h["epoch"]))
         mlflow.log_metrics({k: v for k, v in metrics.items() if v is not None})
-        mlflow.log_artifacts(str(artifact), artifact_path="model")
         mlflow.set_tag("model_version", model_version)
+        probe = CdtmPyfunc()  # scores the example for the signature; a fresh one is stored
+        probe.load_context(_Context({ARTIFACT_KEY: str(artifact)}))
+        info = mlflow.pyfunc.log_model(
+            name="model",
+            python_model=CdtmPyfunc(),
+            artifacts={ARTIFACT_KEY: str(artifact)},
+            signature=infer_signature(example, probe.predict(None, example)),
+            input_example=example,
+            code_paths=[str(Path(__file__).resolve().parents[1])],  # the cdtm package
+            pip_requirements=[f"torch>={torch_version()}", "pandas", "pyyaml"],
+        )
         run_id = run.info.run_id
-        artifact_uri = f"{run.info.artifact_uri}/model"
     name = cfg.tracking.registered_model
     if name:
-        from mlflow.exceptions import MlflowException
-
-        client = MlflowClient()
-        try:  # get, not a filtered search: the Unity Catalog registry refuses filters
-            client.get_registered_model(name)
-        except MlflowException:
-            client.create_registered_model(name)
-        mv = client.create_model_version(
-            name, source=artifact_uri, run_id=run_id, tags={"model_version": model_version}
-        )
+        # register_model creates the registered model where it is missing, and makes no
+        # filtered search (the Unity Catalog registry refuses those).
+        mv = mlflow.register_model(info.model_uri, name, tags={"model_version": model_version})
         log.info("MLflow: run %s, registered %s version %s", run_id, name, mv.version)
     return run_id
+
+
+class _Context:
+    def __init__(self, artifacts: dict[str, str]) -> None:
+        self.artifacts = artifacts
+
+
+def torch_version() -> str:
+    import torch
+
+    return torch.__version__.split("+")[0]
