@@ -19,7 +19,13 @@ from cdtm.config import Config, ConfigError, check_name
 from cdtm.lake import Lake
 from cdtm.scoring.executor import SCORE_COLUMNS, score_batches
 from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
-from cdtm.train.artifacts import VOCAB_FILE, ArtifactError, latest_artifact, load_artifact
+from cdtm.train.artifacts import (
+    VOCAB_FILE,
+    ArtifactError,
+    latest_artifact,
+    load_artifact,
+    verify,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -180,9 +186,7 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     lake = Lake.of(cfg.lake)
     artifact = resolve_artifact(cfg).resolve()
     try:
-        # On the driver, before any executor starts: a bad manifest or weights file is refused
-        # here with its name, not by an executor's traceback.
-        load_artifact(artifact)
+        verify(artifact)
     except ArtifactError as e:
         raise ScoringError(str(e)) from e
     model_spec = FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
@@ -198,6 +202,12 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         check_vocab(
             artifact, lake, vocab_version if vocab_version is not None else lake.version("vocab")
         )
+    try:
+        # On the driver, before any executor starts: weights that pass the manifest but do not
+        # load are refused here with the file named, not by an executor's traceback.
+        load_artifact(artifact)
+    except ArtifactError as e:
+        raise ScoringError(str(e)) from e
     rows = lake.read(spark, cfg.scoring.table).where(F.col("ds") == ds)
     needed = ["ds", "row_id", "domain", "user_key", "item_key", *model_spec.columns]
     missing = sorted(set(needed) - set(rows.columns))
