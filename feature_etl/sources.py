@@ -14,7 +14,6 @@ checked by validation, so a bad value becomes a reject, not a crash) plus:
 from __future__ import annotations
 
 import csv
-import glob
 import os
 from collections.abc import Collection, Sequence
 
@@ -67,8 +66,10 @@ def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame
 
 def spec_columns(dataset: DatasetConf) -> set[str]:
     """The input columns the dataset spec reads (from the events or a side table)."""
-    assert dataset.label and dataset.domain and dataset.timestamp and dataset.keys
-    needed = {dataset.label.column, dataset.timestamp.column, dataset.keys.user}
+    assert dataset.label and dataset.domain and dataset.keys
+    needed = {dataset.label.column, dataset.keys.user}
+    if dataset.timestamp:
+        needed.add(dataset.timestamp.column)
     needed |= {dataset.keys.item} | {f.source_column for f in dataset.fields}
     needed |= {d.source_column for d in dataset.dense}
     if dataset.domain.column:
@@ -105,11 +106,22 @@ def _union(parts: list[DataFrame]) -> DataFrame:
     return out
 
 
-def _check_exists(path: str) -> None:
-    if "://" in path and not path.startswith("file:"):
-        return  # remote stores: Spark reports a missing path itself
-    local = path.removeprefix("file://")
-    if not glob.glob(local):
+def _check_exists(spark: SparkSession, path: str) -> None:
+    """Fail with the path unless it (file, folder or glob) matches something.
+
+    The check goes through Hadoop's file systems, so a ``dbfs:/``, ``s3a://``, ``abfss://`` or
+    ``/Volumes/...`` input is looked up where the cluster reads it, not on the driver's disk.
+    """
+    jvm = spark.sparkContext._jvm
+    assert jvm is not None
+    conf = spark.sparkContext._jsc.hadoopConfiguration()
+    try:
+        hpath = jvm.org.apache.hadoop.fs.Path(path)
+        found = hpath.getFileSystem(conf).globStatus(hpath)
+    except Exception as e:  # py4j wraps the JVM's IOException (no file system for a scheme)
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise SourceError(f"cannot list {path}: {reason}") from e
+    if found is None or len(found) == 0:
         raise SourceError(f"input not found: {path}")
 
 
@@ -127,7 +139,7 @@ def _read(
     ``needed`` that another file of the input has gets MISSING set on all its rows (they become
     ``missing_column`` rejects); a column no file has is the dataset spec's error (validate).
     """
-    _check_exists(path)
+    _check_exists(spark, path)
     try:
         if fmt == "parquet":
             df = spark.read.parquet(path)

@@ -47,7 +47,7 @@ u9,a1,s,1,2024-01-01 13:00:00,boots,green|small,-5
 """
 
 
-def dataset(path: Path) -> DatasetConf:
+def dataset(path: Path | str) -> DatasetConf:
     spec = {**SPEC, "source": {"format": "csv", "path": str(path)}}
     return build(DatasetConf, spec, prefix="dataset")
 

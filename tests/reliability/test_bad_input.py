@@ -114,6 +114,18 @@ def test_missing_input_path_fails_naming_it_and_writes_nothing(spark, tmp_path: 
     assert not (tmp_path / "lake").exists() or not Lake(str(tmp_path / "lake")).exists("features")
 
 
+def test_input_paths_go_through_hadoop_file_systems(spark, tmp_path: Path) -> None:
+    """A URI or a glob is looked up by Hadoop (where a cluster reads it), not on local disk."""
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "a.csv").write_text(HEADER + "\n" + ",".join(GOOD) + "\n")
+    for path in (f"file://{tmp_path}/in/a.csv", f"{tmp_path}/in/*.csv"):
+        assert read_events(spark, dataset(path), "2024-01-01").count() == 1, path
+    with pytest.raises(SourceError, match=r"input not found: file://.*/in/b\*\.csv"):
+        read_events(spark, dataset(f"file://{tmp_path}/in/b*.csv"), "2024-01-01")
+    with pytest.raises(SourceError, match=r"cannot list nosuchfs://bucket/events\.csv"):
+        read_events(spark, dataset("nosuchfs://bucket/events.csv"), "2024-01-01")
+
+
 def test_empty_day_fails_and_writes_nothing(spark, tmp_path: Path) -> None:
     from feature_etl.etl import EtlError, run_etl
 
