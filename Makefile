@@ -104,16 +104,18 @@ test-unit: setup
 	$(PY) -m pytest -q tests -m "not spark"
 
 lint: setup
-	$(VENV)/bin/ruff check cdtm feature_etl jobs tests bench
-	$(VENV)/bin/ruff format --check cdtm feature_etl jobs tests bench
+	$(VENV)/bin/ruff check cdtm feature_etl jobs tests bench tools
+	$(VENV)/bin/ruff format --check cdtm feature_etl jobs tests bench tools
 	$(VENV)/bin/mypy
 
-# What spark-submit --py-files needs on a cluster: the library as a wheel and as a zip, plus conf/.
-dist: setup
+# What spark-submit needs on a cluster: the library as a wheel and as a zip (--py-files), conf/,
+# and env.tar.gz, this venv packed for workers that lack it (--archives; README, "On a cluster").
+dist: setup horovod
 	rm -rf dist && mkdir -p dist
 	$(PY) -m pip wheel --no-deps -q -w dist .
 	$(PY) -m zipfile -c dist/cdtm_pyfiles.zip cdtm feature_etl
 	tar -czf dist/conf.tar.gz conf
+	$(PY) tools/pack_env.py --wheel dist/cdtm_spark-*.whl --output dist/env.tar.gz
 	@ls -l dist
 
 clean:
