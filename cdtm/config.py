@@ -164,9 +164,8 @@ class SourceConf:
     format: Literal["csv", "parquet", "recbole", "synthetic"]
     path: str | None = None
     files: dict[str, str] | None = None  # path -> domain, for "one domain per input file"
-    delimiter: str = (
-        ","  # csv: every file has a header row; recbole: tab-separated "name:type" header
-    )
+    # csv: every file has a header row; recbole: tab-separated "name:type" header
+    delimiter: str = ","
     quote: str = '"'
     # csv: a quoted field may hold newlines (one row). false reads big files in parallel splits,
     # but a quoted newline then breaks its row in two.
@@ -214,9 +213,10 @@ class DomainConf:
     names: list[str]
     column: str | None = None
     mapping: dict[str, str] | None = None  # raw value -> domain name
-    bins: list[float] | None = (
-        None  # numeric value: v < bins[0] -> names[0], ... >= bins[-1] -> names[-1]
-    )
+    # numeric value: v < bins[0] -> names[0], ... >= bins[-1] -> names[-1]
+    bins: list[float] | None = None
+    # A multi-valued column ("Drama|Comedy"): its first token, then mapping, picks the domain.
+    first_token_sep: str | None = None
 
     def __post_init__(self) -> None:
         if self.mapping is not None and self.bins is not None:
@@ -315,7 +315,8 @@ class DatasetConf:
     def __post_init__(self) -> None:
         if self.source.format == "synthetic":
             return  # the generator declares its own label, domains and fields
-        for key in ("label", "domain", "timestamp", "keys"):
+        # No timestamp: rows get ts = null and only the random split is possible.
+        for key in ("label", "domain", "keys"):
             if getattr(self, key) is None:
                 raise ConfigError(
                     f"dataset.{key}: missing (required for a {self.source.format} source)"
@@ -355,25 +356,36 @@ class CdtmConf:
     gse: bool = True  # False: DSE only (ablation "without GSE")
     transfer: Literal["domain", "domain_field", "identity"] = "domain"  # identity: T = I fixed
     attention: Literal["vector", "scalar", "none"] = "vector"  # none: A = attention_init fixed
+    # The combination gate's parameters (V1, b1): one set per domain, shared by its fields, or
+    # one per (domain, field), so that each field can lean on its own or the shared view.
+    gate: Literal["domain", "domain_field"] = "domain"
     # A at initialisation (b1 = logit of it; V1 = 0): the starting weight on DSE. Screened on
     # MovieLens-1M (docs/what-was-tried.md): 0.02 beat 0.1 and 0.5, whose DSE overfits early.
     attention_init: float = 0.02
+    align_weight: float = 1.0  # lambda of the alignment loss; 0: ablation "without alignment"
+    # What the alignment loss moves. "both" (default, the paper's reading: T is fitted by the
+    # distance): DSE, T and GSE; it is also lowered by shrinking T g and DSE together, which
+    # regularises (MovieLens-1M: pooled AUC .8140 vs .8133 with "dse") but starves FM's
+    # pairwise term: with model.interaction=fm use "dse", DSE pulled toward T g only.
+    # "transfer": only T g is fitted to DSE (T and GSE move). "transfer_matrix": only T moves
+    # (MODEL.md: "T is fitted by minimising the distance"), DSE and GSE learn from clicks alone.
+    align_moves: Literal["both", "transfer", "transfer_matrix", "dse"] = "both"
+    # The gate and T get no weight decay (it pulls T toward 0 and the gate toward A = 0.5);
+    # T is regularised toward the identity instead: transfer_reg * ||T - I||^2.
+    transfer_reg: float = 1e-5
+    # The deep layer: "shared" (one bottom MLP), or "star" (STAR's shared x per-domain weights:
+    # partial sharing, each domain its own path from the input beside the shared one).
+    bottom: Literal["shared", "star"] = "shared"
+    # Which of the spec's transferable fields get a GSE table: null = all of them, [] = none.
+    transferable: list[str] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.attention_init < 1.0:
             raise ConfigError(
                 f"model.cdtm.attention_init: must be in (0, 1), got {self.attention_init}"
             )
-
-    align_weight: float = 1.0  # lambda of the alignment loss; 0: ablation "without alignment"
-    # What the alignment loss moves. "both" (default, the paper's reading: T is fitted by the
-    # distance): DSE, T and GSE; it is also lowered by shrinking T g and DSE together, which
-    # regularises (MovieLens-1M: pooled AUC .8140 vs .8133 with "dse") but starves FM's
-    # pairwise term: with model.interaction=fm use "dse", DSE pulled toward T g only.
-    # "transfer": only T g is fitted to DSE.
-    align_moves: Literal["both", "transfer", "dse"] = "both"
-    # Which of the spec's transferable fields get a GSE table: null = all of them, [] = none.
-    transferable: list[str] | None = None
+        if not self.transfer_reg >= 0:
+            raise ConfigError(f"model.cdtm.transfer_reg: must be >= 0, got {self.transfer_reg}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -421,7 +433,10 @@ class TrainConf:
     scale_lr: bool = False  # multiply lr by the number of processes
     amp: bool = False  # bfloat16 autocast (on GPU)
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    threads: int = 0  # torch intra-op threads; 0: torch's default
+    # torch intra-op threads per training process. auto: the cores this process may run on
+    # divided by the training processes on this machine (oversubscribed threads spin); 0:
+    # torch's default (every core, whatever else runs).
+    threads: int | Literal["auto"] = "auto"
     shuffle_buffer: int = 200_000
     reader_workers: int = 0  # 0: synchronous, deterministic reader
     train_domains: list[str] | None = None  # train on these domains only (None: all)

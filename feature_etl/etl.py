@@ -244,6 +244,11 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
     dataset = dataset_of(cfg)
     lake = Lake.of(cfg.lake)
     log.info("ETL %s for ds=%s -> %s", dataset.name, ds, lake.root)
+    if cfg.etl.split.method == "time" and dataset.timestamp is None:
+        raise EtlError(
+            f"etl.split.method=time: dataset {dataset.name!r} declares no timestamp "
+            "(dataset.timestamp); use etl.split.method=random or declare the timestamp column"
+        )
 
     def write_day(table: str, df: DataFrame) -> WriteResult:
         """Replace day ``ds`` of ``table`` in one commit."""

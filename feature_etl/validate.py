@@ -42,8 +42,8 @@ def value_column(field: FieldConf) -> str:
 
 
 def _clean(col: str) -> Column:
-    """Trimmed string; empty -> null."""
-    c = F.trim(F.col(col))
+    """Trimmed string (spaces, tabs and the CR of a CRLF line end); empty -> null."""
+    c = F.expr(f"trim(BOTH ' \\t\\r\\n' FROM {_ident(col)})")
     return F.when(c == "", None).otherwise(c)
 
 
@@ -68,6 +68,9 @@ def _finite(num: Column) -> Column:
 def domain_index(domain: DomainConf, raw_col: str) -> Column:
     """Domain name of a raw value (mapping, bins or the value itself) -> its index, or null."""
     raw = _clean(raw_col)
+    if domain.first_token_sep:
+        raw = F.element_at(F.split(raw, _regex_literal(domain.first_token_sep)), 1)
+        raw = F.when(raw == "", None).otherwise(raw)
     if domain.bins is not None:
         v = _num(raw_col)
         name: Column = F.lit(domain.names[-1])
@@ -88,7 +91,7 @@ def domain_index(domain: DomainConf, raw_col: str) -> Column:
 
 
 def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
-    assert dataset.label and dataset.domain and dataset.timestamp and dataset.keys
+    assert dataset.label and dataset.domain and dataset.keys
     label, domain, ts_conf, keys = dataset.label, dataset.domain, dataset.timestamp, dataset.keys
     missing = sorted(spec_columns(dataset) - set(events.columns))
     if missing:
@@ -105,7 +108,10 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
     else:
         label_val = F.when(label_num.isin(0.0, 1.0), label_num.cast("int"))
 
-    if ts_conf.format in ("unix", "unix_ms"):
+    ts_val: Column
+    if ts_conf is None:  # a spec without a timestamp: ts stays null (random split only)
+        ts_val = F.lit(None).cast("long")
+    elif ts_conf.format in ("unix", "unix_ms"):
         scale = 1000.0 if ts_conf.format == "unix_ms" else 1.0
         ts_num = _num(ts_conf.column)
         ts_val = F.when(F.isnan(ts_num) | (F.abs(ts_num) > F.lit(1e13 * scale)), None).otherwise(
@@ -116,8 +122,12 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         parsed = F.expr(f"try_to_timestamp(trim({_ident(ts_conf.column)}), '{fmt}')")
         ts_val = F.unix_timestamp(parsed)
 
+    ts_bad = ts_val.isNull() if ts_conf is not None else F.lit(False)
+
     # Required: label, domain column, timestamp, user and item keys, and fields marked required.
-    required = [label.column, ts_conf.column, keys.user, keys.item]
+    required = [label.column, keys.user, keys.item]
+    if ts_conf is not None:
+        required.append(ts_conf.column)
     if domain.column:
         required.append(domain.column)
     required += [f.source_column for f in dataset.fields if f.required]
@@ -149,7 +159,7 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         .when(missing_first.isNotNull(), F.lit("missing_field"))
         .when(dom.isNull(), F.lit("unknown_domain"))
         .when(label_val.isNull(), F.lit("bad_label"))
-        .when(ts_val.isNull(), F.lit("bad_timestamp"))
+        .when(ts_bad, F.lit("bad_timestamp"))
         .when(bad_dense.isNotNull(), F.lit("bad_value"))
     )
     field = (
@@ -159,7 +169,7 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         .when(missing_first.isNotNull(), missing_first)
         .when(dom.isNull(), F.lit(domain.column or "_file"))
         .when(label_val.isNull(), F.lit(label.column))
-        .when(ts_val.isNull(), F.lit(ts_conf.column))
+        .when(ts_bad, F.lit(ts_conf.column if ts_conf else None))
         .when(bad_dense.isNotNull(), bad_dense)
     )
 

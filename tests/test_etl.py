@@ -236,3 +236,47 @@ def test_vocab_reuse_indexes_a_new_day_with_the_stored_vocabulary(spark, ml100k)
     a = features.where("ds = '2024-03-01'").select(*cols)
     b = features.where("ds = '2024-03-02'").select(*cols)
     assertDataFrameEqual(a, b)
+
+
+def test_domains_by_first_genre_and_a_spec_without_timestamp(
+    spark, movielens_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """Domains that differ (items disjoint, users shared), picked by the first token of a
+    multi-valued column, from a spec that declares no timestamp: random split only."""
+    import yaml
+
+    monkeypatch.setenv("CDTM_DATA_DIR", str(movielens_dir))
+    spec = yaml.safe_load((REPO / "conf" / "datasets" / "movielens-1m-genres.yaml").read_text())
+    ds = spec["dataset"]
+    ds["name"] = "ml100k-genres"
+    for part in (ds["source"], *ds["source"]["joins"]):
+        part["path"] = part["path"].replace("movielens-1m/ml-1m", "movielens-100k/ml-100k")
+    ds["domain"]["column"] = "class"
+    ds["domain"]["mapping"]["unknown"] = "other"
+    del ds["timestamp"]
+    ds["fields"] = [f for f in ds["fields"] if f["name"] != "age_band"]
+    path = tmp_path / "genres.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    files = [REPO / "conf" / "local.yaml", path]
+    lake = tmp_path / "lake"
+    cfg = load_config(files, [f"lake.root={lake}"])
+
+    report = run_etl(spark, cfg)
+    # An independent count: each rating's movie's first genre (CRLF line ends stripped).
+    inter = pd.read_csv(movielens_dir / "movielens-100k" / "ml-100k.inter", sep="\t")
+    items = pd.read_csv(movielens_dir / "movielens-100k" / "ml-100k.item", sep="\t")
+    first = items["class:token_seq"].str.strip().str.split(" ").str[0]
+    genre = dict(zip(items["item_id:token"], first.map(ds["domain"]["mapping"])))
+    expected = inter["item_id:token"].map(genre).value_counts().to_dict()
+    assert report.domain_rows == expected and report.accepted_rows == len(inter)
+    rows = query(
+        "SELECT domain, COUNT(DISTINCT item_key) AS items, COUNT(ts) AS ts FROM f GROUP BY domain",
+        {"f": str(lake / "features")},
+    ).to_pylist()
+    assert all(r["ts"] == 0 for r in rows)  # no timestamp declared: ts is null
+    # Items are disjoint between domains: their item counts add up to all rated items.
+    assert sum(r["items"] for r in rows) == inter["item_id:token"].nunique()
+
+    timed = load_config(files, [f"lake.root={tmp_path / 'lake2'}", "etl.split.method=time"])
+    with pytest.raises(EtlError, match="declares no timestamp"):
+        run_etl(spark, timed)
