@@ -1,9 +1,14 @@
 """Runnable experiments: the public benchmark and the paper's tasks, in one results format.
 
-``DIR/results.json``: ``{"runs": [{"experiment", "model", "seed", "valid", "test", "seconds",
-"best_epoch", "overrides"}], "summary": {experiment: {model: {"test.auc.<domain>": {"mean",
-"std", "n"}}}}}`` plus ``DIR/results.md`` (mean +- std table) and ``DIR/results.png``.
-Finished runs are kept: re-running the same command continues where it stopped.
+``DIR/results.json``: ``{"runs": [{"experiment", "model", "seed", "split_seed", "valid", "test",
+"seconds", "best_epoch", "overrides"}], "summary": {experiment: {model: {"test.auc.<domain>":
+{"mean", "std", "n"}}}}, "paired": {experiment: {"<a> - <b>": {"<split>.auc.<domain>": {"mean",
+"lo", "hi", "n"}}}}}`` plus ``DIR/results.md`` and ``DIR/results.png``.
+
+The protocol (README, "Experiments"): settings are chosen on validation AUC; models are compared
+by paired differences, run against run on the same split seed (``etl.split.seed``) and training
+seed (same initialisation seed and batch order), with a 95% t-interval over the pairs. "Better"
+means the interval excludes 0. Finished runs are kept: re-running continues where it stopped.
 """
 
 from __future__ import annotations
@@ -33,14 +38,26 @@ class Variant:
     experiment: str
     label: str
     overrides: tuple[str, ...]
-    data: tuple[
-        str, ...
-    ] = ()  # dataset overrides: variants with other data get a lake of their own
+    # dataset overrides: variants with other data get a lake of their own
+    data: tuple[str, ...] = ()
     data_name: str = ""  # that lake's name (default: made from the overrides)
 
 
-def benchmark_variants(models: Sequence[str]) -> list[Variant]:
-    return [Variant("benchmark", m, (f"model.name={m}",)) for m in models]
+def benchmark_variants(models: Sequence[str], extra: Sequence[str] = ()) -> list[Variant]:
+    """Every model with its defaults, plus ``extra`` variants, each ``LABEL=OVERRIDES``: e.g.
+    ``cdtm:gate=model.cdtm.gate=domain_field model.cdtm.attention_init=0.5``. The label's part
+    before ``:`` is the model."""
+    out = [Variant("benchmark", m, (f"model.name={m}",)) for m in models]
+    for spec in extra:
+        label, eq, rest = spec.partition("=")
+        model = label.split(":", 1)[0]
+        if not eq or ":" not in label or model not in ALL_MODELS or not rest.split():
+            raise ValueError(
+                f"--variant {spec!r}: expected MODEL:NAME=key=value [key=value ...] with MODEL "
+                f"one of {', '.join(ALL_MODELS)}"
+            )
+        out.append(Variant("benchmark", label, (f"model.name={model}", *rest.split())))
+    return out
 
 
 def sparse_target(target: str, fraction: float) -> tuple[str, str]:
@@ -230,17 +247,29 @@ def run_variants(
     variants: Sequence[Variant],
     seeds: Sequence[int],
     out: Path,
+    split_seed: int = 0,
 ) -> dict[str, Any]:
-    """Train every (variant, seed) not yet in ``out/results.json``; write results after each run."""
+    """Train every (variant, seed) not yet in ``out/results.json`` for this split seed (the
+    lake in ``base_overrides`` was split with it); write results after each run."""
     out.mkdir(parents=True, exist_ok=True)
     path = out / "results.json"
     results: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"runs": []}
-    done = {(r["experiment"], r["model"], r["seed"]) for r in results["runs"]}
-    todo = [(v, s) for v in variants for s in seeds if (v.experiment, v.label, s) not in done]
+    done = {
+        (r["experiment"], r["model"], r["seed"], r.get("split_seed", 0)) for r in results["runs"]
+    }
+    todo = [
+        (v, s)
+        for v in variants
+        for s in seeds
+        if (v.experiment, v.label, s, split_seed) not in done
+    ]
     log.info("%d runs to do (%d already in %s)", len(todo), len(done), path)
     for i, (v, seed) in enumerate(todo, 1):
         # A plain folder name (train.model_version): "synthetic:task1", "cdtm:0+1" -> "-", "_".
-        tag = re.sub(r"[^A-Za-z0-9._-]", "-", f"{v.experiment}-{v.label.replace('+', '_')}-s{seed}")
+        run_tag = f"{v.experiment}-{v.label.replace('+', '_')}-s{seed}"
+        if split_seed:
+            run_tag += f"-split{split_seed}"
+        tag = re.sub(r"[^A-Za-z0-9._-]", "-", run_tag)
         cfg: Config = load_config(
             base_configs,
             [
@@ -251,7 +280,15 @@ def run_variants(
                 f"artifacts.root={out / 'artifacts'}",
             ],
         )
-        log.info("[%d/%d] %s %s seed %d", i, len(todo), v.experiment, v.label, seed)
+        log.info(
+            "[%d/%d] %s %s seed %d split %d",
+            i,
+            len(todo),
+            v.experiment,
+            v.label,
+            seed,
+            split_seed,
+        )
         t0 = time.time()
         res = train_model(cfg)
         results["runs"].append(
@@ -259,6 +296,7 @@ def run_variants(
                 "experiment": v.experiment,
                 "model": v.label,
                 "seed": seed,
+                "split_seed": split_seed,
                 "valid": res.fit.valid,
                 "test": res.fit.test,
                 "seconds": round(time.time() - t0, 1),
@@ -267,13 +305,75 @@ def run_variants(
                 "overrides": list(v.overrides),
             }
         )
-        results["summary"] = summarize(results["runs"])
-        path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-        write_report(results, out)
-    results["summary"] = summarize(results["runs"])
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    write_report(results, out)
+        _save(results, out)
+    _save(results, out)
     return results
+
+
+def _save(results: dict[str, Any], out: Path) -> None:
+    """results.json (replaced atomically: a kill mid-write keeps the last complete file)."""
+    results["summary"] = summarize(results["runs"])
+    results["paired"] = paired(results["runs"])
+    path = out / "results.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    tmp.replace(path)
+    write_report(results, out)
+
+
+def _is_cdtm(label: str) -> bool:
+    return label.split(":", 1)[0] == "cdtm"
+
+
+def paired(
+    runs: Sequence[dict[str, Any]], level: float = 0.95
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Paired differences ``a - b`` of every AUC, per experiment: each CDTM label against each
+    other model's label, and each CDTM variant against plain ``cdtm``. A pair is two runs with
+    the same training seed and split seed; the interval is the t-interval of the mean."""
+    from scipy import stats as st
+
+    by: dict[str, dict[str, dict[tuple[int, int], dict[str, Any]]]] = {}
+    for r in runs:
+        key = (int(r["seed"]), int(r.get("split_seed", 0)))
+        by.setdefault(r["experiment"], {}).setdefault(r["model"], {})[key] = r
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for exp, models in by.items():
+        labels = list(models)
+        pairs = [(a, b) for a in labels for b in labels if _is_cdtm(a) and not _is_cdtm(b)]
+        if "cdtm" in models:
+            pairs += [(a, "cdtm") for a in labels if _is_cdtm(a) and a != "cdtm"]
+        for a, b in pairs:
+            common = sorted(set(models[a]) & set(models[b]))
+            if not common:
+                continue
+            stats: dict[str, dict[str, float]] = {}
+            for split in ("valid", "test"):
+                for name in models[a][common[0]][split]["auc"]:
+                    diffs = [
+                        models[a][k][split]["auc"][name] - models[b][k][split]["auc"][name]
+                        for k in common
+                        if models[a][k][split]["auc"].get(name) is not None
+                        and models[b][k][split]["auc"].get(name) is not None
+                    ]
+                    if not diffs:
+                        continue
+                    mean = statistics.fmean(diffs)
+                    half = (
+                        float(st.t.ppf(0.5 + level / 2, len(diffs) - 1))
+                        * statistics.stdev(diffs)
+                        / len(diffs) ** 0.5
+                        if len(diffs) > 1
+                        else float("nan")
+                    )
+                    stats[f"{split}.auc.{name}"] = {
+                        "mean": mean,
+                        "lo": mean - half,
+                        "hi": mean + half,
+                        "n": float(len(diffs)),
+                    }
+            out.setdefault(exp, {})[f"{a} - {b}"] = stats
+    return out
 
 
 def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
@@ -304,29 +404,63 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, dict[str, dict[str, d
 
 def write_report(results: dict[str, Any], out: Path) -> None:
     summary = results.get("summary") or summarize(results["runs"])
-    lines = ["# Results", "", "Test AUC, mean +- std over seeds (n = number of seeds).", ""]
+    diffs = results.get("paired") or paired(results["runs"])
+    lines = [
+        "# Results",
+        "",
+        "AUC, mean +- std over runs (n = training seeds x split seeds). Choose settings on the",
+        "valid table; the test table is read once, at the end. Paired differences: mean and 95%",
+        "t-interval of a - b over runs with the same seeds; * where the interval excludes 0.",
+        "",
+    ]
     for exp, models in summary.items():
         names = _columns(models)
-        lines += [
-            f"## {exp}",
-            "",
-            "| model | n | " + " | ".join(names) + " | minutes/run |",
-            "|---|---|" + "---|" * len(names) + "---|",
-        ]
-        for model, st in models.items():
-            cells = []
-            for n in names:
-                s = st.get(f"test.auc.{n}")
-                cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}" if s else "-")
-            n_runs = int(st["seconds"]["n"])
-            lines.append(
-                f"| {model} | {n_runs} | "
-                + " | ".join(cells)
-                + f" | {st['seconds']['mean'] / 60:.1f} |"
-            )
-        lines.append("")
+        lines += [f"## {exp}", ""]
+        for split in ("valid", "test"):
+            lines += [
+                f"{split} AUC",
+                "",
+                "| model | n | " + " | ".join(names) + " | minutes/run |",
+                "|---|---|" + "---|" * len(names) + "---|",
+            ]
+            for model, st in models.items():
+                cells = []
+                for n in names:
+                    s = st.get(f"{split}.auc.{n}")
+                    cells.append(f"{s['mean']:.4f} +- {s['std']:.4f}" if s else "-")
+                n_runs = int(st["seconds"]["n"])
+                lines.append(
+                    f"| {model} | {n_runs} | "
+                    + " | ".join(cells)
+                    + f" | {st['seconds']['mean'] / 60:.1f} |"
+                )
+            lines.append("")
+        for split in ("valid", "test"):
+            rows = diffs.get(exp, {})
+            if not rows:
+                continue
+            lines += [
+                f"paired differences, {split} AUC",
+                "",
+                "| a - b | n | " + " | ".join(names) + " |",
+                "|---|---|" + "---|" * len(names),
+            ]
+            for pair, st in rows.items():
+                cells = [_interval(st.get(f"{split}.auc.{n}")) for n in names]
+                n_pairs = int(max((v["n"] for v in st.values()), default=0))
+                lines.append(f"| {pair} | {n_pairs} | " + " | ".join(cells) + " |")
+            lines.append("")
     (out / "results.md").write_text("\n".join(lines))
     _chart(summary, out / "results.png")
+
+
+def _interval(s: dict[str, float] | None) -> str:
+    if not s:
+        return "-"
+    if s["n"] < 2:
+        return f"{s['mean']:+.4f}"
+    star = "*" if s["lo"] > 0 or s["hi"] < 0 else ""
+    return f"{s['mean']:+.4f} [{s['lo']:+.4f}, {s['hi']:+.4f}]{star}"
 
 
 def _columns(models: dict[str, Any]) -> list[str]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import statistics
 from pathlib import Path
+
+import pytest
 
 from cdtm.config import load_config
 from cdtm.experiments import paper_variants, summarize, write_report
@@ -199,3 +202,106 @@ def test_beyond_on_real_data_makes_each_domain_the_target_and_adds_a_shuffled_so
         assert f.domains == (["0"] if f.name.endswith("_t") else ["1", "2"])
         assert f.transferable == (f.name.endswith("_s"))
     assert {v.data_name for v in by_exp["disjoint"]} == {"disjoint"}
+
+
+def _run(model: str, seed: int, split_seed: int, auc: float) -> dict:
+    m = {"auc": {"pooled": auc, "a": auc + 0.01}, "logloss": {"pooled": 0.5, "a": 0.5}}
+    return {
+        "experiment": "benchmark",
+        "model": model,
+        "seed": seed,
+        "split_seed": split_seed,
+        "valid": m,
+        "test": m,
+        "seconds": 1.0,
+    }
+
+
+def test_paired_differences_pair_runs_by_both_seeds_with_a_t_interval(tmp_path: Path) -> None:
+    from cdtm.experiments import paired
+
+    # Shared-bottom's AUC swings with the seed; CDTM is above it by .002 +- .001 in each pair,
+    # so the paired interval excludes 0 though the unpaired spreads overlap.
+    gaps = [0.001, 0.003, 0.002, 0.002]
+    base = [0.80, 0.83, 0.81, 0.82]
+    keys = [(0, 0), (1, 0), (0, 1), (1, 1)]
+    runs = [_run("shared_bottom", s, t, b) for (s, t), b in zip(keys, base)]
+    runs += [_run("cdtm", s, t, b + g) for (s, t), b, g in zip(keys, base, gaps)]
+    runs += [_run("cdtm:x", 0, 0, 0.5)]  # one pair only against cdtm: no interval
+    got = paired(runs)["benchmark"]
+    d = got["cdtm - shared_bottom"]["test.auc.pooled"]
+    half = 3.182446305284263 * statistics.stdev(gaps) / 2  # t(0.975, 3) * s / sqrt(4)
+    assert d["n"] == 4 and d["mean"] == pytest.approx(0.002)
+    assert (d["lo"], d["hi"]) == pytest.approx((0.002 - half, 0.002 + half))
+    assert d["lo"] > 0
+    assert got["cdtm:x - cdtm"]["valid.auc.a"]["n"] == 1
+    assert "shared_bottom - cdtm" not in got
+    summary = summarize(runs)
+    write_report({"runs": runs, "summary": summary, "paired": paired(runs)}, tmp_path)
+    md = (tmp_path / "results.md").read_text()
+    assert f"| cdtm - shared_bottom | 4 | +0.0020 [{d['lo']:+.4f}, {d['hi']:+.4f}]*" in md
+
+
+def test_benchmark_variants_take_extra_lines_and_refuse_malformed_ones() -> None:
+    from cdtm.experiments import benchmark_variants
+
+    got = benchmark_variants(
+        ["shared_bottom"], ["cdtm:fg=model.cdtm.gate=domain_field model.cdtm.attention_init=0.5"]
+    )
+    assert [(v.label, v.overrides) for v in got] == [
+        ("shared_bottom", ("model.name=shared_bottom",)),
+        (
+            "cdtm:fg",
+            ("model.name=cdtm", "model.cdtm.gate=domain_field", "model.cdtm.attention_init=0.5"),
+        ),
+    ]
+    for bad in ("cdtm:fg", "nosuch:x=model.dropout=0.1", "cdtm=model.dropout=0.1"):
+        with pytest.raises(ValueError, match="--variant"):
+            benchmark_variants([], [bad])
+
+
+def test_benchmark_on_a_users_spec_file_over_two_split_seeds(spark, tmp_path: Path) -> None:  # noqa: ANN001
+    """--dataset-config takes any spec file; each split seed gets its own lake and the runs
+    pair across training and split seeds."""
+    import json
+
+    from jobs.experiment import main
+
+    out = tmp_path / "bench"
+    args = [
+        "benchmark",
+        "--out",
+        str(out),
+        "--dataset-config",
+        "conf/datasets/synthetic.yaml",
+        "--models",
+        "cdtm,shared_bottom",
+        "--seeds",
+        "0",
+        "--split-seeds",
+        "0,1",
+        "--config",
+        "conf/local.yaml",
+        "--config",
+        "conf/profiles/tiny.yaml",
+        "--set",
+        "dataset.source.synthetic.rows=3000",
+        "--set",
+        "train.max_epochs=1",
+    ]
+    assert main(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert sorted((r["model"], r["split_seed"]) for r in results["runs"]) == [
+        ("cdtm", 0),
+        ("cdtm", 1),
+        ("shared_bottom", 0),
+        ("shared_bottom", 1),
+    ]
+    assert (out / "lake-synthetic").is_dir() and (out / "lake-synthetic-split1").is_dir()
+    # The two splits differ: the same seed's validation AUC is not repeated.
+    by = {(r["model"], r["split_seed"]): r["valid"]["auc"]["pooled"] for r in results["runs"]}
+    assert by[("cdtm", 0)] != by[("cdtm", 1)]
+    pair = results["paired"]["benchmark"]["cdtm - shared_bottom"]["valid.auc.pooled"]
+    assert pair["n"] == 2
+    assert main(args) == 0  # a re-run finds every run done and trains nothing
+    assert len(json.loads((out / "results.json").read_text())["runs"]) == 4
