@@ -16,6 +16,7 @@ from cdtm.model.cdtm import (
     GlobalSharedEmbedding,
     TransferMatrix,
 )
+from cdtm.model.layers import PartitionedNorm
 from cdtm.spec import DenseSpec, FeatureSpec, FieldSpec
 
 # Three domains; "ctx" only in domain b (not transferable), "grp" in a and c (transferable).
@@ -126,6 +127,7 @@ def test_alignment_loss_pulls_dse_and_mapped_gse_together() -> None:
         ("dse", {"dse.table.weight"}),
         ("transfer", {"gse.table.weight", "transfer.T"}),
         ("both", {"dse.table.weight", "gse.table.weight", "transfer.T"}),
+        ("transfer_matrix", {"transfer.T"}),
     ],
 )
 def test_align_moves_says_which_side_the_alignment_loss_moves(moves: str, moved: set) -> None:
@@ -188,8 +190,9 @@ def test_ablation_switches_change_exactly_what_they_say() -> None:
 
     no_align = CDTM(SPEC, conf(cdtm={"align_weight": 0.0}))
     assert {n for n, p in no_align.named_parameters() if p.requires_grad} == names
-    assert no_align.forward_train(toy_batch())[1] == {}
-    assert set(full.forward_train(toy_batch())[1]) == {"align"}
+    assert set(no_align.forward_train(toy_batch())[1]) == {"transfer_reg"}
+    assert set(full.forward_train(toy_batch())[1]) == {"align", "transfer_reg"}
+    assert set(no_t.forward_train(toy_batch())[1]) == {"align"}  # a fixed T has no regulariser
 
 
 def test_combination_uses_dse_alone_for_domain_only_fields() -> None:
@@ -241,3 +244,71 @@ def test_fm_interaction_adds_the_pairwise_inner_products_to_the_logit(name: str)
     )
     assert float(pairs.detach().abs().max()) > 1e-3
     torch.testing.assert_close(fm(batch), plain(batch) + pairs)
+
+
+def test_gate_per_domain_field_gives_each_field_its_own_weights() -> None:
+    torch.manual_seed(0)
+    model = CDTM(SPEC, conf(cdtm={"gate": "domain_field", "attention_init": 0.5}))
+    assert model.attention.V1.shape == (3, len(SPEC.fields), K, 2 * K)
+    assert model.attention.b1.shape == (3, len(SPEC.fields), K)
+    with torch.no_grad():
+        model.attention.b1[0, 1] = 3.0  # domain a, field item: lean on DSE
+    batch = toy_batch(128)
+    _, parts = model.combine(batch)
+    a = parts["a"]
+    in_a = batch.domain == 0
+    assert torch.allclose(a[in_a, 1], torch.sigmoid(torch.tensor(3.0)))
+    assert torch.allclose(a[in_a, 0], torch.tensor(0.5))  # the user field keeps its own
+    assert torch.allclose(a[~in_a], torch.tensor(0.5))  # other domains keep theirs
+    # Per-domain gate (the default): one b1 per domain, shared by its fields.
+    assert CDTM(SPEC, conf()).attention.b1.shape == (3, K)
+
+
+def test_gate_and_transfer_have_no_weight_decay_and_t_is_pulled_toward_identity() -> None:
+    from cdtm.train.loop import parameter_groups
+
+    model = CDTM(SPEC, conf(cdtm={"transfer_reg": 0.5}))
+    assert set(model.no_decay_parameters()) == {"attention.V1", "attention.b1", "transfer.T"}
+    groups = parameter_groups(model, 1e-3)
+    exempt = {id(p) for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+    decayed = {id(p) for g in groups if g["weight_decay"] == 1e-3 for p in g["params"]}
+    named = dict(model.named_parameters())
+    assert exempt == {id(named[n]) for n in model.no_decay_parameters()}
+    assert id(named["dse.table.weight"]) in decayed and not exempt & decayed
+    # The regulariser is 0 at T = I and its gradient points back to I.
+    batch = toy_batch()
+    assert float(model.forward_train(batch)[1]["transfer_reg"].detach()) == 0.0
+    with torch.no_grad():
+        model.transfer.T.mul_(0.5)
+    model.forward_train(batch)[1]["transfer_reg"].backward()
+    eye = torch.eye(K).expand(3, K, K)
+    assert torch.allclose(model.transfer.T.grad, 0.5 * 2 * (model.transfer.T.detach() - eye))
+    # Without GSE nothing is exempt.
+    assert CDTM(SPEC, conf(cdtm={"gse": False})).no_decay_parameters() == []
+
+
+def test_star_bottom_shares_weights_across_domains_with_a_domain_factor() -> None:
+    torch.manual_seed(0)
+    model = CDTM(SPEC, conf(cdtm={"bottom": "star"}))
+    names = {n for n, _ in model.named_parameters()}
+    assert {"bottom.layers.0.shared_w", "bottom.layers.0.domain_w"} <= names
+    batch = toy_batch()
+    logits, _ = model.forward_train(batch)
+    logits.sum().backward()
+    assert model.bottom.layers[0].domain_w.grad.abs().sum(dim=(1, 2)).gt(0).all()
+
+
+def test_partitioned_norm_scales_by_shared_times_domain_parameters() -> None:
+    torch.manual_seed(0)
+    norm = PartitionedNorm(2, 3)
+    with torch.no_grad():
+        norm.domain_gamma[1] = 2.0
+        norm.domain_beta[1] = 1.0
+    x = torch.randn(64, 3) * 5 + 7
+    domain = torch.arange(64) % 2
+    y = norm(x, domain)
+    base = (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + norm.norm.eps)
+    assert torch.allclose(y[domain == 0], base[domain == 0], atol=1e-5)
+    assert torch.allclose(y[domain == 1], 2 * base[domain == 1] + 1, atol=1e-5)
+    norm.eval()  # running statistics at inference
+    assert torch.isfinite(norm(x[:1], domain[:1])).all()

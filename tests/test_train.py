@@ -404,3 +404,15 @@ def test_a_tracking_failure_keeps_the_model_and_says_so(synthetic_lake, tmp_path
     with pytest.raises(TrackingError, match="artifact is complete at .*kept.*MLflow tracking"):
         launch(None, cfg)
     load_artifact(tmp_path / "art" / "kept")  # complete and verified
+
+
+def test_threads_auto_shares_this_process_cores_among_the_local_processes() -> None:
+    import os
+
+    from cdtm.train.job import intra_op_threads
+
+    cores = len(os.sched_getaffinity(0))
+    assert intra_op_threads("auto", 1) == cores
+    assert intra_op_threads("auto", 2) == max(1, cores // 2)
+    assert intra_op_threads("auto", 4 * cores) == 1  # never 0 (torch's default)
+    assert intra_op_threads(3, 2) == 3 and intra_op_threads(0, 2) == 0

@@ -4,8 +4,10 @@
 - ``dnn_single``: one DNN per domain (own embeddings, own MLP); parameters are disjoint, so
   one joint run trains D independent models on the same batches.
 - ``mmoe``: shared embeddings -> ``experts`` MLPs -> a softmax gate per domain -> domain towers.
-- ``star``: shared embeddings -> star-topology FCN (each layer's weight = shared * domain,
-  bias = shared + domain) plus an auxiliary network on the domain indicator, added to the logit.
+- ``star``: shared embeddings -> partitioned normalisation (STAR's PN: batch statistics, scale
+  and shift = shared * domain, shared + domain) -> star-topology FCN (each layer's weight =
+  shared * domain, bias = shared + domain) plus an auxiliary network on the domain indicator,
+  added to the logit.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from cdtm.config import ModelConf
 from cdtm.data.batch import Batch
 from cdtm.model.base import CTRModel
 from cdtm.model.cdtm import DomainSpecificEmbedding, GlobalSharedEmbedding
-from cdtm.model.layers import DomainTowers, mlp
+from cdtm.model.layers import DomainTowers, PartitionedNorm, StarLinear, mlp
 from cdtm.spec import FeatureSpec
 
 
@@ -82,27 +84,6 @@ class MMoE(CTRModel):
         return self.with_interaction(self.towers(h, batch.domain), z), {}
 
 
-class StarLinear(nn.Module):
-    """y = x (W_shared * W_d) + (b_shared + b_d)."""
-
-    def __init__(self, n_domains: int, in_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.shared_w = nn.Parameter(torch.empty(in_dim, out_dim))
-        nn.init.xavier_uniform_(self.shared_w)
-        self.domain_w = nn.Parameter(torch.ones(n_domains, in_dim, out_dim))
-        self.shared_b = nn.Parameter(torch.zeros(out_dim))
-        self.domain_b = nn.Parameter(torch.zeros(n_domains, out_dim))
-
-    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        out = x.new_zeros(x.shape[0], self.shared_w.shape[1])
-        for d in range(self.domain_w.shape[0]):
-            idx = (domain == d).nonzero(as_tuple=True)[0]
-            if idx.numel():
-                w = self.shared_w * self.domain_w[d]
-                out = out.index_put((idx,), x[idx] @ w + self.shared_b + self.domain_b[d])
-        return out
-
-
 class STAR(CTRModel):
     def __init__(self, spec: FeatureSpec, conf: ModelConf) -> None:
         super().__init__()
@@ -111,6 +92,7 @@ class STAR(CTRModel):
             spec, conf.embed_dim, conf.embed_init_std, only_transferable=False
         )
         dims = [_input_dim(spec, conf), *conf.bottom, *conf.tower]
+        self.norm = PartitionedNorm(n, dims[0])
         self.layers = nn.ModuleList([StarLinear(n, a, b) for a, b in zip(dims[:-1], dims[1:])])
         self.head = StarLinear(n, dims[-1], 1)
         self.dropout = nn.Dropout(conf.dropout) if conf.dropout > 0 else nn.Identity()
@@ -122,7 +104,7 @@ class STAR(CTRModel):
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z = self.emb(batch.fields)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
-        h = x
+        h = self.norm(x, batch.domain)
         for layer in self.layers:
             h = self.dropout(torch.relu(layer(h, batch.domain)))
         main = self.head(h, batch.domain).squeeze(-1)

@@ -4,11 +4,14 @@ For a row of domain d with fields F_d, transferable fields C_d:
   e_f = DSE_d[f](x_f)                     domain-specific embedding, every f in F_d
   g_f = GSE[f](x_f)                       global shared embedding, f in C_d
   m_f = T_d g_f                           transfer matrix, k x k per domain (init I)
-  A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (V1 = 0, A = attention_init at init)
+  A_f = sigmoid(V1_d [e_f; m_f] + b1_d)   combination attention (V1 = 0, A = attention_init at init);
+                                          gate: domain_field gives each (d, f) its own V1, b1
   z_f = A_f * e_f + (1 - A_f) * m_f       f in C_d;  z_f = e_f for f in F_d \\ C_d
-  logit = tower_d(bottom(concat(z, dense)))
+  logit = tower_d(bottom(concat(z, dense)))   bottom: shared MLP, or STAR's shared x domain
 Alignment loss: lambda * mean over rows and present f in C_d of ||e_f - m_f||^2; it moves
-e, T and g (``align_moves: both``), or e only (``dse``) or T g only (``transfer``).
+e, T and g (``align_moves: both``), or e only (``dse``), T g only (``transfer``) or T only
+(``transfer_matrix``). T is regularised by transfer_reg * ||T - I||^2; neither T nor the gate
+has weight decay (``no_decay_parameters``).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from torch import nn
 from cdtm.config import ModelConf
 from cdtm.data.batch import Batch
 from cdtm.model.base import CTRModel
-from cdtm.model.layers import DomainTowers, SegmentedEmbedding, mlp
+from cdtm.model.layers import DomainTowers, SegmentedEmbedding, StarMLP, mlp
 from cdtm.spec import FeatureSpec
 
 
@@ -80,22 +83,36 @@ class TransferMatrix(nn.Module):
 class CombinationAttention(nn.Module):
     """A = sigmoid(V1_d [e; m] + b1_d), per dimension (k) or a scalar per field.
 
-    V1 = 0 and b1 = logit(init) at the start, so A = init everywhere (0.5: an even mix).
+    ``per_field``: V1 and b1 per (domain, field) instead of per domain. V1 = 0 and
+    b1 = logit(init) at the start, so A = init everywhere (0.5: an even mix).
     """
 
-    def __init__(self, n_domains: int, dim: int, mode: str, init: float = 0.5) -> None:
+    def __init__(
+        self,
+        n_domains: int,
+        dim: int,
+        mode: str,
+        init: float = 0.5,
+        n_fields: int = 0,
+        per_field: bool = False,
+    ) -> None:
         super().__init__()
         self.fixed = mode == "none"
         self.init = init
+        self.per_field = per_field
         out = 1 if mode == "scalar" else dim
-        bias = torch.full((n_domains, out), math.log(init / (1 - init)))
-        self.V1 = nn.Parameter(torch.zeros(n_domains, out, 2 * dim), requires_grad=not self.fixed)
+        lead = (n_domains, n_fields) if per_field else (n_domains,)
+        bias = torch.full((*lead, out), math.log(init / (1 - init)))
+        self.V1 = nn.Parameter(torch.zeros(*lead, out, 2 * dim), requires_grad=not self.fixed)
         self.b1 = nn.Parameter(bias, requires_grad=not self.fixed)
 
     def forward(self, e: torch.Tensor, m: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
         if self.fixed:
             return torch.full_like(e[..., :1], self.init)
         h0 = torch.cat([e, m], dim=-1)  # [B, F, 2k]
+        if self.per_field:
+            v = torch.einsum("bfoj,bfj->bfo", per_row(self.V1, domain), h0)
+            return torch.sigmoid(v + per_row(self.b1, domain))
         return torch.sigmoid(
             torch.einsum("boj,bfj->bfo", per_row(self.V1, domain), h0)
             + per_row(self.b1, domain)[:, None, :]
@@ -132,17 +149,39 @@ class CDTM(CTRModel):
             self.gse = GlobalSharedEmbedding(spec, k, conf.embed_init_std)
             self.transfer = TransferMatrix(len(spec.domains), len(spec.fields), k, c.transfer)
             self.attention = CombinationAttention(
-                len(spec.domains), k, c.attention, c.attention_init
+                len(spec.domains),
+                k,
+                c.attention,
+                c.attention_init,
+                n_fields=len(spec.fields),
+                per_field=c.gate == "domain_field",
             )
+        self.transfer_reg = c.transfer_reg
         self.register_buffer(
             "transferable",
             torch.tensor([f.transferable for f in spec.fields], dtype=torch.bool),
             persistent=False,
         )
         in_dim = len(spec.fields) * k + len(spec.dense)
-        self.bottom, h = mlp(in_dim, conf.bottom, conf.dropout)
+        self.star_bottom = c.bottom == "star"
+        self.bottom: nn.Module
+        if self.star_bottom:
+            self.bottom = StarMLP(len(spec.domains), in_dim, conf.bottom, conf.dropout)
+            h = self.bottom.out_dim
+        else:
+            self.bottom, h = mlp(in_dim, conf.bottom, conf.dropout)
         self.towers = DomainTowers(len(spec.domains), h, conf.tower, conf.dropout)
         self.interaction = conf.interaction == "fm"
+
+    def no_decay_parameters(self) -> list[str]:
+        """The gate and T: weight decay would pull T toward 0 (not I) and the gate's b1 more
+        than its data gradient does (issue #27's measurements); T has transfer_reg instead."""
+        if not self.use_gse:
+            return []
+        names = [f"attention.{n}" for n, p in self.attention.named_parameters() if p.requires_grad]
+        if isinstance(self.transfer.T, nn.Parameter):
+            names.append("transfer.T")
+        return names
 
     # Evaluation switch for the transfer report: z = e (DSE alone), as if GSE were off.
     without_gse: bool = False
@@ -157,18 +196,25 @@ class CDTM(CTRModel):
         a = self.attention(e, m, batch.domain)
         shared = (self.transferable[None, :] & (batch.fields > 0)).unsqueeze(-1)  # [B, F, 1]
         z = torch.where(shared, a * e + (1 - a) * m, e)
-        return z, {"e": e, "m": m, "a": a, "shared": shared}
+        return z, {"e": e, "g": g, "m": m, "a": a, "shared": shared}
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         z, parts = self.combine(batch)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
-        logits = self.with_interaction(self.towers(self.bottom(x), batch.domain), z)
+        h = self.bottom(x, batch.domain) if self.star_bottom else self.bottom(x)
+        logits = self.with_interaction(self.towers(h, batch.domain), z)
         aux: dict[str, torch.Tensor] = {}
+        if "m" in parts and self.transfer_reg > 0 and isinstance(self.transfer.T, nn.Parameter):
+            eye = torch.eye(self.transfer.T.shape[-1], device=self.transfer.T.device)
+            aux["transfer_reg"] = self.transfer_reg * ((self.transfer.T - eye) ** 2).sum()
         if "m" in parts and self.align_weight > 0:
             shared = parts["shared"].squeeze(-1)
             e, m = parts["e"], parts["m"]
             if self.align_moves == "transfer":
                 e = e.detach()
+            elif self.align_moves == "transfer_matrix":
+                e = e.detach()
+                m = self.transfer(parts["g"].detach(), batch.domain)
             elif self.align_moves == "dse":
                 m = m.detach()
             dist = ((e - m) ** 2).sum(-1)  # [B, F]

@@ -83,3 +83,61 @@ class DomainTowers(nn.Module):
             if idx.numel():
                 out = out.index_put((idx,), tower(h[idx]).squeeze(-1))
         return out
+
+
+class StarLinear(nn.Module):
+    """y = x (W_shared * W_d) + (b_shared + b_d)."""
+
+    def __init__(self, n_domains: int, in_dim: int, out_dim: int) -> None:
+        super().__init__()
+        self.shared_w = nn.Parameter(torch.empty(in_dim, out_dim))
+        nn.init.xavier_uniform_(self.shared_w)
+        self.domain_w = nn.Parameter(torch.ones(n_domains, in_dim, out_dim))
+        self.shared_b = nn.Parameter(torch.zeros(out_dim))
+        self.domain_b = nn.Parameter(torch.zeros(n_domains, out_dim))
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        out = x.new_zeros(x.shape[0], self.shared_w.shape[1])
+        for d in range(self.domain_w.shape[0]):
+            idx = (domain == d).nonzero(as_tuple=True)[0]
+            if idx.numel():
+                w = self.shared_w * self.domain_w[d]
+                out = out.index_put((idx,), x[idx] @ w + self.shared_b + self.domain_b[d])
+        return out
+
+
+class StarMLP(nn.Module):
+    """STAR's partial sharing as a bottom: StarLinear + ReLU layers, ``hidden`` wide."""
+
+    def __init__(self, n_domains: int, in_dim: int, hidden: Sequence[int], dropout: float) -> None:
+        super().__init__()
+        dims = [in_dim, *hidden]
+        self.layers = nn.ModuleList(
+            [StarLinear(n_domains, a, b) for a, b in zip(dims[:-1], dims[1:])]
+        )
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.out_dim = dims[-1]
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = self.dropout(torch.relu(layer(x, domain)))
+        return x
+
+
+class PartitionedNorm(nn.Module):
+    """STAR's partitioned normalisation: batch normalisation whose scale and shift are a shared
+    part times (plus) the row's domain's part: y = (g * g_d) (x - mu) / sigma + (b + b_d)."""
+
+    def __init__(self, n_domains: int, dim: int) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(dim, affine=False)
+        self.gamma = nn.Parameter(torch.ones(dim))
+        self.beta = nn.Parameter(torch.zeros(dim))
+        self.domain_gamma = nn.Parameter(torch.ones(n_domains, dim))
+        self.domain_beta = nn.Parameter(torch.zeros(n_domains, dim))
+
+    def forward(self, x: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
+        if self.training and x.shape[0] < 2:  # an empty or one-row batch has no statistics
+            return x * self.gamma * self.domain_gamma[domain] + self.beta + self.domain_beta[domain]
+        h = self.norm(x)
+        return h * (self.gamma * self.domain_gamma[domain]) + self.beta + self.domain_beta[domain]

@@ -39,6 +39,7 @@ class Backend(Protocol):
 class SingleProcess:
     rank = 0
     size = 1
+    local_size = 1  # training processes on this machine
 
     @property
     def is_main(self) -> bool:
@@ -76,6 +77,7 @@ class HorovodBackend:
         self.rank = hvd.rank()
         self.size = hvd.size()
         self.local_rank = hvd.local_rank()
+        self.local_size = hvd.local_size()
 
     @property
     def is_main(self) -> bool:
@@ -117,6 +119,7 @@ class TorchBackend:
         self.rank = dist.get_rank()
         self.size = dist.get_world_size()
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_size = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         nccl = dist.get_backend() == "nccl"
         self.device = torch.device("cuda", self.local_rank) if nccl else torch.device("cpu")
 

@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -179,6 +180,15 @@ def run_key(cfg: Config, inputs: TrainInputs) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def intra_op_threads(setting: int | str, local_processes: int) -> int:
+    """``train.threads`` as a count (0: leave torch's default): ``auto`` is the cores this
+    process may run on shared by the training processes on this machine, at least 1."""
+    if setting != "auto":
+        return int(setting)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, (cores or 1) // max(1, local_processes))
+
+
 def train_model(
     cfg: Config,
     *,
@@ -191,8 +201,9 @@ def train_model(
     flush_denormals()  # first: before torch's thread pool starts
     backend = backend or SingleProcess()
     inputs = inputs or resolve_inputs(cfg)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
+    threads = intra_op_threads(cfg.train.threads, getattr(backend, "local_size", 1))
+    if threads:
+        torch.set_num_threads(threads)
     device = device_of(cfg, getattr(backend, "local_rank", 0))
     torch.manual_seed(cfg.train.seed)
     model = build_model(inputs.spec, cfg.model)

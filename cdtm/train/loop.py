@@ -149,6 +149,21 @@ def click_loss(
     return (w * means).sum() / w.sum().clamp_min(1e-12)
 
 
+def parameter_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Adam's groups: weight decay on every parameter but those the model exempts (CDTM's gate
+    and transfer matrix, whose decay pulls them where the data does not)."""
+    exempt = set(getattr(model, "no_decay_parameters", lambda: [])())
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    unknown = exempt - {n for n, _ in named}
+    if unknown:
+        raise ValueError(f"no_decay_parameters names no trainable parameter: {sorted(unknown)}")
+    groups = [
+        {"params": [p for n, p in named if n not in exempt], "weight_decay": weight_decay},
+        {"params": [p for n, p in named if n in exempt], "weight_decay": 0.0},
+    ]
+    return [g for g in groups if g["params"]]
+
+
 def weight_average(decay: float) -> Any:
     """AveragedModel's update for a moving average of the weights with a warm-up.
 
@@ -193,7 +208,9 @@ def fit(
     # Fused Adam: one kernel over all parameters; with dense embedding gradients the unfused
     # update was a third of a CPU step (bench/, "train").
     optimizer: torch.optim.Optimizer = torch.optim.Adam(
-        model.parameters(), lr=conf.lr * lr_scale, weight_decay=conf.weight_decay, fused=True
+        parameter_groups(model, conf.weight_decay),
+        lr=conf.lr * lr_scale,
+        fused=True,
     )
     state: dict[str, Any] = {
         "epoch": 0,
@@ -286,6 +303,9 @@ def fit(
             optimizer.step()
             if averaged is not None:
                 averaged.update_parameters(model)
+                # Buffers (STAR's normalisation statistics) are not averaged: the model's own.
+                for avg_buf, live in zip(averaged.module.buffers(), model.buffers()):
+                    avg_buf.copy_(live)
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
             fault_point("train.step", state["global_step"])
