@@ -416,3 +416,22 @@ def test_threads_auto_shares_this_process_cores_among_the_local_processes() -> N
     assert intra_op_threads("auto", 2) == max(1, cores // 2)
     assert intra_op_threads("auto", 4 * cores) == 1  # never 0 (torch's default)
     assert intra_op_threads(3, 2) == 3 and intra_op_threads(0, 2) == 0
+
+
+def test_petastorm_warnings_are_dropped_at_their_source_and_others_kept() -> None:
+    import warnings
+
+    from cdtm.data.reader import quiet_petastorm
+
+    with warnings.catch_warnings(record=True) as got:
+        warnings.resetwarnings()  # not pytest's own filters: only what the reader installs
+        warnings.simplefilter("always")
+        quiet_petastorm()
+        for module in ("petastorm.reader", "petastorm", "petastorm_fork", "mylib"):
+            warnings.warn_explicit("old API", FutureWarning, "f.py", 1, module=module)
+        warnings.warn_explicit("real", UserWarning, "f.py", 2, module="petastorm.reader")
+    assert sorted(str(w.message) + "@" + w.filename for w in got) == [
+        "old API@f.py",
+        "old API@f.py",
+        "real@f.py",
+    ]

@@ -11,6 +11,7 @@ determined by the seed (what checkpoint resume relies on).
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -18,6 +19,18 @@ import torch
 
 from cdtm.data.batch import Batch
 from cdtm.spec import FeatureSpec
+
+
+# Petastorm 0.12.1 calls pyarrow's legacy dataset API (the pin that keeps pyarrow at 14, see
+# ARCHITECTURE.md) and numpy/pandas idioms that warn FutureWarning/DeprecationWarning on
+# every reader: pages of the same warning per epoch. Only warnings raised from petastorm's
+# own modules are dropped; any other warning still shows.
+def quiet_petastorm() -> None:
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=r"petastorm(\.|$)")
+
+
+quiet_petastorm()
 
 
 @dataclasses.dataclass(frozen=True)
