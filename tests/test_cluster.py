@@ -1,18 +1,22 @@
 """spark-submit of the nightly pipeline to a real Spark standalone cluster on 127.0.0.1.
 
-A master and a worker are started from the pip pyspark distribution (``bin/spark-class``),
-the job ships the library with ``--py-files``, and the test stops both processes.
+A master and a worker are started from the pip pyspark distribution (``bin/spark-class``).
+The worker cannot see this checkout: it runs in its own mount namespace with a tmpfs over the
+repository (so over ``.venv`` too) and a copy of Spark's home outside it. The job ships what a
+real cluster needs, as ``make dist`` builds it: the packed environment with ``--archives
+env.tar.gz#environment`` and ``spark.pyspark.python=./environment/bin/python`` (the library is
+installed in it from its wheel). The test stops both processes.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +26,7 @@ import pytest
 from cdtm.lake import query
 from cdtm.spark import submit_args
 from tests.conftest import REPO
+from tools.pack_env import pack
 
 SPARK_HOME = Path(pyspark.__file__).parent
 
@@ -44,8 +49,20 @@ def wait_for(path: Path, text: str, proc: subprocess.Popen, seconds: float = 90)
     )
 
 
+def hidden_checkout(cmd: list[str]) -> list[str]:
+    """``cmd`` in a mount namespace where the checkout (and its .venv) is an empty tmpfs."""
+    script = f'mount -t tmpfs tmpfs "{REPO}" && exec "$@"'
+    return ["unshare", "--mount", "sh", "-c", script, "hidden", *cmd]
+
+
 @pytest.fixture()
 def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
+    if shutil.which("unshare") is None or subprocess.run(hidden_checkout(["true"])).returncode:
+        pytest.skip("needs unshare --mount and tmpfs (root or a user namespace) to hide .venv")
+    # The worker's Spark: a copy outside the checkout (hard links where the disk allows).
+    worker_home = tmp_path / "spark-home"
+    if subprocess.run(["cp", "-al", str(SPARK_HOME), str(worker_home)]).returncode:
+        shutil.copytree(SPARK_HOME, worker_home, symlinks=True)
     env = {
         **os.environ,
         "SPARK_HOME": str(SPARK_HOME),
@@ -80,25 +97,33 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
                 )
             )
         wait_for(logs["master"], "I have been elected leader", procs[0])
+        venv_bin = str(Path(sys.executable).parent)
+        worker_env = {
+            **{k: v for k, v in env.items() if not k.startswith("PYSPARK_")},
+            "SPARK_HOME": str(worker_home),
+            "PATH": ":".join(p for p in os.environ["PATH"].split(":") if p != venv_bin),
+        }
         with open(logs["worker"], "w") as out:
             procs.append(
                 subprocess.Popen(
-                    [
-                        spark_class,
-                        "org.apache.spark.deploy.worker.Worker",
-                        url,
-                        "--host",
-                        "127.0.0.1",
-                        "--cores",
-                        "2",
-                        "--memory",
-                        "3g",
-                        "--webui-port",
-                        str(free_port()),
-                        "--work-dir",
-                        str(tmp_path / "work"),
-                    ],
-                    env=env,
+                    hidden_checkout(
+                        [
+                            str(worker_home / "bin" / "spark-class"),
+                            "org.apache.spark.deploy.worker.Worker",
+                            url,
+                            "--host",
+                            "127.0.0.1",
+                            "--cores",
+                            "2",
+                            "--memory",
+                            "3g",
+                            "--webui-port",
+                            str(free_port()),
+                            "--work-dir",
+                            str(tmp_path / "work"),
+                        ]
+                    ),
+                    env=worker_env,
                     stdout=out,
                     stderr=subprocess.STDOUT,
                     start_new_session=True,
@@ -120,11 +145,18 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) -> None:
     url, env = cluster
-    pyfiles = tmp_path / "cdtm_pyfiles.zip"
-    with zipfile.ZipFile(pyfiles, "w") as zf:
-        for pkg in ("cdtm", "feature_etl"):
-            for f in (REPO / pkg).rglob("*.py"):
-                zf.write(f, f.relative_to(REPO))
+    wheel_dir = tmp_path / "dist"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(wheel_dir), str(REPO)],
+        check=True,
+    )
+    # Level 0: the test spends no time compressing what it unpacks a minute later.
+    archive = pack(
+        Path(sys.executable).parent.parent,
+        next(wheel_dir.glob("cdtm_spark-*.whl")),
+        tmp_path / "env.tar.gz",
+        compress_level=0,
+    )
     lake = tmp_path / "lake"
     cmd = [
         str(SPARK_HOME / "bin" / "spark-submit"),
@@ -138,9 +170,13 @@ def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) 
         "spark.ui.enabled=false",
         "--conf",
         "spark.executor.memory=2g",
+        "--archives",
+        f"{archive}#environment",
+        "--conf",
+        "spark.pyspark.python=./environment/bin/python",
+        "--conf",
+        f"spark.pyspark.driver.python={sys.executable}",
         *submit_args(str(tmp_path / "warehouse")),
-        "--py-files",
-        str(pyfiles),
         "jobs/pipeline.py",
         "--config",
         "conf/local.yaml",
@@ -164,6 +200,9 @@ def test_spark_submit_pipeline_to_a_standalone_cluster(cluster, tmp_path: Path) 
     done = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Asked to launch executor" in (tmp_path / "worker.log").read_text()  # ran on the worker
+    # The executors unpacked the environment in their own folder and ran Python from it.
+    unpacked = list((tmp_path / "work").glob("app-*/*/environment/bin/python"))
+    assert unpacked, sorted(str(p) for p in (tmp_path / "work").rglob("*"))[:50]
     rows = query(
         "SELECT ds, COUNT(*) AS n FROM s GROUP BY ds", {"s": str(lake / "scores")}
     ).to_pylist()
