@@ -217,6 +217,19 @@ def test_movielens_1m_benchmark_domains(
     assert report.input_rows == report.accepted_rows == 1_000_209
 
 
+def test_movielens_1m_genre_domains(
+    spark, movielens_dir: Path, tmp_path: Path, monkeypatch
+) -> None:
+    if not (movielens_dir / "movielens-1m" / "ml-1m.inter").is_file():
+        pytest.skip("MovieLens-1M not found")
+    monkeypatch.setenv("CDTM_DATA_DIR", str(movielens_dir))
+    report = run_etl(spark, config(tmp_path / "lake", "movielens-1m-genres"))
+    # The sizes the README and the spec file give (every rating's movie has a genre).
+    expected = {"drama": 208_627, "comedy": 276_923, "action": 337_082, "other": 177_577}
+    assert report.domain_rows == expected
+    assert report.input_rows == report.accepted_rows == 1_000_209
+
+
 def test_vocab_reuse_indexes_a_new_day_with_the_stored_vocabulary(spark, ml100k) -> None:
     cfg, _ = ml100k
     lake = Lake(cfg.lake.root)
