@@ -435,3 +435,25 @@ def test_petastorm_warnings_are_dropped_at_their_source_and_others_kept() -> Non
         "old API@f.py",
         "real@f.py",
     ]
+
+
+def test_available_cores_follow_a_containers_cpu_quota(tmp_path) -> None:  # noqa: ANN001
+    import os
+
+    from cdtm.train.job import available_cores
+
+    affinity = len(os.sched_getaffinity(0))
+    v2 = tmp_path / "v2"
+    v2.mkdir()
+    (v2 / "cpu.max").write_text("150000 100000\n")  # 1.5 CPUs: 2 threads at most
+    assert available_cores(str(v2)) == min(affinity, 2)
+    (v2 / "cpu.max").write_text("max 100000\n")
+    assert available_cores(str(v2)) == affinity
+    v1 = tmp_path / "v1" / "cpu"
+    v1.mkdir(parents=True)
+    (v1 / "cpu.cfs_quota_us").write_text("100000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert available_cores(str(v1.parent)) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert available_cores(str(v1.parent)) == affinity
+    assert available_cores(str(tmp_path / "none")) == affinity

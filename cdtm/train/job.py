@@ -10,6 +10,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -180,13 +181,35 @@ def run_key(cfg: Config, inputs: TrainInputs) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def available_cores(cgroup_root: str = "/sys/fs/cgroup") -> int:
+    """The cores this process may use: its CPU affinity, capped by a container's CPU quota
+    (cgroup v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), which torch's default ignores."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    quota: float | None = None
+    try:
+        text = Path(cgroup_root, "cpu.max").read_text().split()
+        if text and text[0] != "max":
+            quota = int(text[0]) / int(text[1])
+    except (OSError, ValueError, IndexError):
+        try:
+            q = int(Path(cgroup_root, "cpu", "cpu.cfs_quota_us").read_text())
+            period = int(Path(cgroup_root, "cpu", "cpu.cfs_period_us").read_text())
+            quota = q / period if q > 0 and period > 0 else None
+        except (OSError, ValueError):
+            pass
+    if quota is not None:
+        cores = min(cores or 1, max(1, math.ceil(quota)))
+    return max(1, cores or 1)
+
+
 def intra_op_threads(setting: int | str, local_processes: int) -> int:
     """``train.threads`` as a count (0: leave torch's default): ``auto`` is the cores this
-    process may run on shared by the training processes on this machine, at least 1."""
+    process may use (``available_cores``) shared by the training processes on this machine,
+    at least 1. It cannot see other jobs' load: on a machine shared with other work, set a
+    number (e.g. 1)."""
     if setting != "auto":
         return int(setting)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // max(1, local_processes))
+    return max(1, available_cores() // max(1, local_processes))
 
 
 def train_model(
