@@ -106,6 +106,37 @@ def run_child(module: str, args: dict[str, Any], timeout: float = 1800) -> dict[
     return dict(json.loads(proc.stdout.strip().splitlines()[-1]))
 
 
+def run_children(
+    module: str, many: Sequence[dict[str, Any]], timeout: float = 1800
+) -> list[dict[str, Any]]:
+    """``run_child`` for each of ``many`` at the same time (processes that share the machine)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", module, json.dumps(args)],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for args in many
+    ]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout)
+            if p.returncode != 0:
+                raise RuntimeError(f"{module} failed (rc {p.returncode}):\n{err[-4000:]}")
+            outs.append(dict(json.loads(out.strip().splitlines()[-1])))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+    return outs
+
+
 def max_rss_mb() -> float:
     """This process's peak RSS so far: VmHWM, which starts afresh at exec. (ru_maxrss does not:
     a child started by fork + exec reports the parent's peak when that was higher.)"""

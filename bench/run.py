@@ -34,13 +34,25 @@ STAGES = ("etl", "reader", "train", "memory", "horovod", "score")
 # name: (key in latest.json, how to read it, test, threshold); None = reported, no target.
 TARGETS: dict[str, tuple[str, str, str, float] | None] = {
     "etl.ratio_vs_duckdb": None,
-    "etl.ratio_vs_duckdb_spark": None,
+    "etl.ratio_vs_duckdb_spark": ("rows/s Spark ETL / DuckDB", "issue #29", ">=", 0.35),
     "etl.ratio_vs_duckdb_delta_rs": None,
     "etl.growth_1m_to_4m": ("time(4x rows) / time(1x rows)", "linear", "<=", 4.4),
     "reader.ratio_vs_pyarrow": None,
     "train.feed_ratio": ("samples/s Petastorm-fed / in-memory", "feed costs < 20%", ">=", 0.8),
     "train.peak_rss_mb": None,
     "train.subnormal_flush_speedup": None,
+    "train.cdtm_vs_shared_bottom": (
+        "samples/s CDTM / pooled DNN (shared-bottom)",
+        "issue #29",
+        ">=",
+        0.8,
+    ),
+    "train.oversubscription_penalty": (
+        "samples/s 2 processes, threads=auto / torch's default",
+        "no spinning",
+        ">=",
+        1.0,
+    ),
     "memory.rss_growth": None,
     "memory.rss_growth_without_model_state": (
         "training RSS less model state, 4x rows / 1x rows",
@@ -49,7 +61,7 @@ TARGETS: dict[str, tuple[str, str, str, float] | None] = {
         1.2,
     ),
     "horovod.speedup_2_vs_1": None,
-    "score.ratio_vs_inprocess": ("rows/s job / in-process torch", "", ">=", 0.5),
+    "score.ratio_vs_inprocess": ("rows/s job / in-process torch", "issue #29", ">=", 0.75),
 }
 
 

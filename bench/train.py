@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from bench.common import log, max_rss_mb, median, run_child
+from bench.common import log, max_rss_mb, median, run_child, run_children
 from bench.reader import arrow_batches, snapshot
 from cdtm.config import Config, ModelConf, TrainConf, build, load_config, to_dict
 from cdtm.data.batch import Batch
@@ -23,7 +23,8 @@ from cdtm.data.reader import FeatureReader, ReaderConf
 from cdtm.model import build_model
 from cdtm.model.base import flush_denormals
 from cdtm.spec import FeatureSpec
-from cdtm.train.loop import fit
+from cdtm.train.job import intra_op_threads
+from cdtm.train.loop import fit, parameter_groups
 
 
 @dataclasses.dataclass
@@ -98,6 +99,7 @@ def bench_train(cfg: Config, lake_root: str, repeats: int, steps: int) -> dict[s
         )
     med = {k: median(v) for k, v in runs.items()}
     subnormal = subnormal_speedup(cfg, lake_root, repeats)
+    threads = oversubscription_penalty(cfg, lake_root, repeats)
     out = {
         "steps": steps,
         "batch_size": train.batch_size,
@@ -108,6 +110,7 @@ def bench_train(cfg: Config, lake_root: str, repeats: int, steps: int) -> dict[s
         "feed_ratio": round(med["petastorm"] / med["memory"], 4),
         "cdtm_vs_shared_bottom": round(med["memory"] / med["shared_bottom"], 4),
         **subnormal,
+        **threads,
     }
     log(f"train: feed ratio {out['feed_ratio']}, CDTM/pooled DNN {out['cdtm_vs_shared_bottom']}")
     return out
@@ -133,6 +136,54 @@ def subnormal_speedup(cfg: Config, lake_root: str, repeats: int) -> dict[str, An
         "steps_per_s_subnormals_flushed": round(med["flushed"], 2),
         "subnormal_flush_speedup": round(med["flushed"] / med["kept"], 2),
     }
+
+
+def oversubscription_penalty(cfg: Config, lake_root: str, repeats: int) -> dict[str, Any]:
+    """Two CDTM trainings at once on this machine, each told it is one of two local training
+    processes (two Horovod ranks, or two jobs): torch's default intra-op threads in both (each
+    takes every core) against ``train.threads=auto`` (each takes its share). The figure is
+    their summed samples/s, auto / default."""
+    runs: dict[str, list[float]] = {"default": [], "auto": []}
+    base = {"lake": lake_root, "batch_size": cfg.train.batch_size, "model": to_dict(cfg.model)}
+    for _ in range(repeats):
+        for mode, rates in runs.items():
+            outs = run_children("bench.train", [{**base, "threads": mode, "local": 2}] * 2)
+            rates.append(sum(o["samples_per_s"] for o in outs))
+            threads = outs[0]["threads"]
+            log(f"train: 2 processes, {mode} threads ({threads} each): {rates[-1]:,.0f} samples/s")
+    med = {k: median(v) for k, v in runs.items()}
+    return {
+        "samples_per_s_2_processes_default_threads": round(med["default"]),
+        "samples_per_s_2_processes_auto_threads": round(med["auto"]),
+        "threads_auto_each": intra_op_threads("auto", 2),
+        "threads_default_each": torch.get_num_threads(),
+        "oversubscription_penalty": round(med["auto"] / med["default"], 3),
+    }
+
+
+def _threads_child(args: dict[str, Any]) -> dict[str, Any]:
+    """CDTM training steps (Adam, the loop's parameter groups) for about 3 s; samples/s."""
+    flush_denormals()
+    if args["threads"] == "auto":
+        torch.set_num_threads(intra_op_threads("auto", args["local"]))
+    files, spec = snapshot(args["lake"])
+    batches = list(arrow_batches(files, spec, "train", args["batch_size"], 0))[:4]
+    model_conf = build(ModelConf, {**args["model"], "name": "cdtm"}, prefix="model")
+    torch.manual_seed(0)
+    model = build_model(spec, model_conf)
+    opt = torch.optim.Adam(parameter_groups(model, 1e-5), lr=1e-3)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    rows, steps, t0 = 0, 0, time.perf_counter()
+    while steps < 5 or time.perf_counter() - t0 < 3.0:
+        batch = batches[steps % len(batches)]
+        logits, aux = model.forward_train(batch)
+        loss = loss_fn(logits, batch.label) + sum(aux.values())
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        rows += batch.label.shape[0]
+        steps += 1
+    return {"samples_per_s": rows / (time.perf_counter() - t0), "threads": torch.get_num_threads()}
 
 
 def _subnormal_child(args: dict[str, Any]) -> dict[str, Any]:
@@ -201,5 +252,10 @@ def _child(args: dict[str, Any]) -> dict[str, Any]:
 
 if __name__ == "__main__":
     child_args = json.loads(sys.argv[1])
-    run = _subnormal_child if "subnormal" in child_args else _child
+    if "subnormal" in child_args:
+        run = _subnormal_child
+    elif "threads" in child_args:
+        run = _threads_child
+    else:
+        run = _child
     print(json.dumps(run(child_args)))

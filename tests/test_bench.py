@@ -23,6 +23,7 @@ KEYS = (
     "train.feed_ratio",
     "train.peak_rss_mb",
     "train.subnormal_flush_speedup",
+    "train.oversubscription_penalty",
     "score.ratio_vs_inprocess",
 )
 
@@ -80,6 +81,12 @@ def test_quick_run_writes_every_tracked_key(quick_run: Path) -> None:
     assert train["subnormal_flush_speedup"] == pytest.approx(
         train["steps_per_s_subnormals_flushed"] / train["steps_per_s_subnormals_kept"], rel=2e-2
     )
+    assert train["oversubscription_penalty"] == pytest.approx(
+        train["samples_per_s_2_processes_auto_threads"]
+        / train["samples_per_s_2_processes_default_threads"],
+        rel=2e-2,
+    )
+    assert train["threads_auto_each"] == max(1, len(os.sched_getaffinity(0)) // 2)
     assert results["score"]["rows"] == 6000
     summary = (quick_run / "out" / "summary.md").read_text()
     assert "train.feed_ratio" in summary and "| 12,000 |" in summary
