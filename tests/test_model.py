@@ -109,7 +109,8 @@ def test_alignment_loss_pulls_dse_and_mapped_gse_together() -> None:
         with torch.no_grad():
             _, parts = model.combine(batch)
             shared = parts["shared"].squeeze(-1)
-            return float((((parts["e"] - parts["m"]) ** 2).sum(-1) * shared).sum() / shared.sum())
+            dist = ((parts["e_t"] - parts["m"]) ** 2).sum(-1)
+            return float((dist * shared).sum() / shared.sum())
 
     before = distance()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
@@ -202,9 +203,14 @@ def test_combination_uses_dse_alone_for_domain_only_fields() -> None:
     z, parts = model.combine(batch)
     ctx = 2
     assert torch.equal(z[:, ctx], parts["e"][:, ctx])  # ctx is not transferable
+    assert parts["fields"].tolist() == [0, 1, 3]  # GSE, T and the gate: user, item, grp only
     rows = batch.fields[:, 0] > 0
     expected = 0.5 * parts["e"][rows, 0] + 0.5 * parts["m"][rows, 0]  # A = 0.5 at init
     assert torch.allclose(z[rows, 0], expected)
+    grp = batch.fields[:, 3] > 0  # grp is the third transferable field
+    expected = 0.5 * parts["e"][grp, 3] + 0.5 * parts["m"][grp, 2]
+    assert torch.allclose(z[grp, 3], expected)
+    assert torch.equal(z[~grp, 3], parts["e"][~grp, 3])  # absent (domain b): its DSE, zero
 
 
 def test_attention_init_sets_the_starting_weight_on_dse() -> None:
@@ -220,9 +226,11 @@ def test_transferable_subset_limits_gse_to_those_fields() -> None:
     none = CDTM(SPEC, conf(cdtm={"transferable": []}))
     assert not none.use_gse  # DSE alone, like the "no GSE" ablation
     some = CDTM(SPEC, conf(cdtm={"transferable": ["user"]}))
-    assert some.transferable.tolist() == [True, False, False, False]
-    _, parts = some.combine(toy_batch())
-    assert not parts["shared"][:, 1:].any()  # item, ctx, grp use their DSE alone
+    assert some.shared_fields.tolist() == [0]
+    batch = toy_batch()
+    z, parts = some.combine(batch)
+    assert parts["m"].shape == (len(batch), 1, K)  # the user field alone goes through GSE
+    assert torch.equal(z[:, 1:], parts["e"][:, 1:])  # item, ctx, grp use their DSE alone
     with pytest.raises(ValueError, match=r"\['ctx'\] are not transferable"):
         CDTM(SPEC, conf(cdtm={"transferable": ["user", "ctx"]}))
 
@@ -249,8 +257,8 @@ def test_fm_interaction_adds_the_pairwise_inner_products_to_the_logit(name: str)
 def test_gate_per_domain_field_gives_each_field_its_own_weights() -> None:
     torch.manual_seed(0)
     model = CDTM(SPEC, conf(cdtm={"gate": "domain_field", "attention_init": 0.5}))
-    assert model.attention.V1.shape == (3, len(SPEC.fields), K, 2 * K)
-    assert model.attention.b1.shape == (3, len(SPEC.fields), K)
+    assert model.attention.V1.shape == (3, 3, K, 2 * K)  # 3 transferable fields
+    assert model.attention.b1.shape == (3, 3, K)
     with torch.no_grad():
         model.attention.b1[0, 1] = 3.0  # domain a, field item: lean on DSE
     batch = toy_batch(128)
@@ -312,3 +320,20 @@ def test_partitioned_norm_scales_by_shared_times_domain_parameters() -> None:
     assert torch.allclose(y[domain == 1], 2 * base[domain == 1] + 1, atol=1e-5)
     norm.eval()  # running statistics at inference
     assert torch.isfinite(norm(x[:1], domain[:1])).all()
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_rows_keep_their_order_and_an_empty_batch_runs(name: str) -> None:
+    """Models put rows in domain order inside (one matmul per domain) and back: each row's
+    logit is the one it gets alone. A Horovod rank whose shard is done steps on empty
+    batches, which must run too."""
+    torch.manual_seed(0)
+    model = build_model(SPEC, conf(name=name))
+    model.eval()
+    batch = toy_batch(32)
+    assert bool((batch.domain[1:] < batch.domain[:-1]).any())  # not in domain order
+    alone = torch.cat([model(batch.select(torch.tensor([i]))) for i in range(len(batch))])
+    assert torch.allclose(model(batch), alone, atol=1e-5)
+    empty = batch.select(torch.zeros(len(batch), dtype=torch.bool))
+    model.train()
+    assert model.forward_train(empty)[0].shape == (0,)

@@ -19,7 +19,14 @@ from cdtm.config import ModelConf
 from cdtm.data.batch import Batch
 from cdtm.model.base import CTRModel
 from cdtm.model.cdtm import DomainSpecificEmbedding, GlobalSharedEmbedding
-from cdtm.model.layers import DomainTowers, PartitionedNorm, StarLinear, mlp
+from cdtm.model.layers import (
+    DomainTowers,
+    PartitionedNorm,
+    StarLinear,
+    by_domain,
+    mlp,
+    undo_order,
+)
 from cdtm.spec import FeatureSpec
 
 
@@ -38,9 +45,11 @@ class SharedBottom(CTRModel):
         self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch, order, counts = by_domain(batch, self.towers.n_domains)
         z = self.emb(batch.fields)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
-        return self.with_interaction(self.towers(self.bottom(x), batch.domain), z), {}
+        logits = self.with_interaction(self.towers(self.bottom(x), batch.domain, counts), z)
+        return undo_order(logits, order), {}
 
 
 class SingleDomainDNN(CTRModel):
@@ -54,9 +63,10 @@ class SingleDomainDNN(CTRModel):
         self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch, order, counts = by_domain(batch, self.towers.n_domains)
         z = self.emb(batch.fields, batch.domain)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
-        return self.with_interaction(self.towers(x, batch.domain), z), {}
+        return undo_order(self.with_interaction(self.towers(x, batch.domain, counts), z), order), {}
 
 
 class MMoE(CTRModel):
@@ -75,13 +85,14 @@ class MMoE(CTRModel):
         self.interaction = conf.interaction == "fm"
 
     def forward_train(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        batch, order, counts = by_domain(batch, self.towers.n_domains)
         z = self.emb(batch.fields)
         x = torch.cat([z.flatten(1), batch.dense], dim=1)
         outs = torch.stack([e(x) for e in self.experts], dim=1)  # [B, E, H]
-        gates = self.gates(x).view(x.shape[0], -1, self.n_experts)  # [B, D, E]
+        gates = self.gates(x).view(x.shape[0], self.towers.n_domains, self.n_experts)  # [B, D, E]
         gate = torch.softmax(gates[torch.arange(x.shape[0]), batch.domain], dim=-1)  # [B, E]
         h = (gate.unsqueeze(-1) * outs).sum(1)
-        return self.with_interaction(self.towers(h, batch.domain), z), {}
+        return undo_order(self.with_interaction(self.towers(h, batch.domain, counts), z), order), {}
 
 
 class STAR(CTRModel):

@@ -10,6 +10,28 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from cdtm.data.batch import Batch
+
+
+def by_domain(batch: Batch, n_domains: int) -> tuple[Batch, torch.Tensor | None, list[int]]:
+    """The batch with its rows in domain order (``order``: the permutation, None where they
+    were already), and the rows of each domain. Every domain's rows are then one contiguous
+    slice, so a per-domain weight is applied with one matmul per domain, no gather."""
+    order = None
+    if batch.domain.numel() > 1 and bool((batch.domain[1:] < batch.domain[:-1]).any()):
+        order = torch.argsort(batch.domain, stable=True)
+        batch = batch.select(order)
+    return batch, order, torch.bincount(batch.domain, minlength=n_domains).tolist()
+
+
+def undo_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:
+    """Rows of ``x`` (in ``by_domain``'s order) back in the batch's own order."""
+    if order is None:
+        return x
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(order.numel(), device=order.device)
+    return x[inverse]
+
 
 class SegmentedEmbedding(nn.Module):
     """Several embedding tables in one: ``segments[(s)]`` rows each, looked up by field index.
@@ -41,9 +63,17 @@ class SegmentedEmbedding(nn.Module):
                 total += size - 1
         return torch.tensor(offsets, dtype=torch.long), total
 
-    def forward(self, fields: torch.Tensor, key: torch.Tensor | None = None) -> torch.Tensor:
-        """fields [B, F] -> [B, F, k]; ``key`` [B] selects the offset row of a [D, F] layout."""
+    def forward(
+        self,
+        fields: torch.Tensor,
+        key: torch.Tensor | None = None,
+        columns: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """fields [B, F] -> [B, F, k]; ``key`` [B] selects the offset row of a [D, F] layout;
+        ``columns``: look up only these fields -> [B, len(columns), k]."""
         off = self.offsets if key is None else self.offsets[key]
+        if columns is not None:
+            fields, off = fields.index_select(1, columns), off[..., columns]
         rows = torch.where((fields > 0) & (off >= 0), off + fields, torch.zeros_like(fields))
         return self.table(rows)
 
@@ -74,9 +104,17 @@ class DomainTowers(nn.Module):
             body, out = mlp(in_dim, hidden, dropout)
             towers.append(nn.Sequential(body, nn.Linear(out, 1)))
         self.towers = nn.ModuleList(towers)
+        self.n_domains = n_domains
 
-    def forward(self, h: torch.Tensor, domain: torch.Tensor) -> torch.Tensor:
-        """h [B, H], domain [B] -> logits [B]."""
+    def forward(
+        self, h: torch.Tensor, domain: torch.Tensor, counts: list[int] | None = None
+    ) -> torch.Tensor:
+        """h [B, H], domain [B] -> logits [B]. ``counts``: the rows are in domain order, this
+        many per domain: each tower takes its slice (no gather, no scatter)."""
+        if counts is not None:
+            parts = torch.split(h, counts)
+            outs = [t(p).squeeze(-1) for t, p in zip(self.towers, parts) if p.shape[0]]
+            return torch.cat(outs) if outs else h.new_zeros(0)
         out = h.new_zeros(h.shape[0])
         for d, tower in enumerate(self.towers):
             idx = (domain == d).nonzero(as_tuple=True)[0]

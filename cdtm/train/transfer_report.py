@@ -39,13 +39,14 @@ def transfer_report(
         for batch in batches:
             b = batch.to(device)
             _, parts = model.combine(b)
-            shared = parts["shared"].squeeze(-1).float()  # [B, F]
+            cols = parts["fields"].cpu().numpy()  # the transferable fields' columns
+            shared = parts["shared"].squeeze(-1).float()  # [B, C]
             a = parts["a"].mean(-1) * shared
-            dist = (parts["e"] - parts["m"]).norm(dim=-1) * shared
+            dist = (parts["e_t"] - parts["m"]).norm(dim=-1) * shared
             onehot = torch.nn.functional.one_hot(b.domain, n_d).float()  # [B, D]
-            a_sum += (onehot.T @ a).cpu().numpy()
-            dist_sum += (onehot.T @ dist).cpu().numpy()
-            count += (onehot.T @ shared).cpu().numpy()
+            a_sum[:, cols] += (onehot.T @ a).cpu().numpy()
+            dist_sum[:, cols] += (onehot.T @ dist).cpu().numpy()
+            count[:, cols] += (onehot.T @ shared).cpu().numpy()
             with_gse.append(torch.sigmoid(model(b)).cpu())
             model.without_gse = True
             try:
