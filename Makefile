@@ -9,7 +9,7 @@ export SPARK_LOCAL_IP := 127.0.0.1
 export PYSPARK_PYTHON := $(abspath $(PY))
 export CDTM_DATA_DIR ?= $(abspath $(DATA))
 
-.PHONY: setup jars horovod data demo benchmark paper bench soak dist test test-unit lint clean
+.PHONY: setup jars horovod bundle-schema data demo benchmark paper bench soak dist test test-unit lint clean
 
 setup: $(SETUP_STAMP)
 
@@ -66,6 +66,16 @@ $(HOROVOD_STAMP): $(SETUP_STAMP) tools/horovod/toolchain.cmake tools/horovod/cxx
 data: setup
 	$(PY) -m feature_etl.fetch --dest $(DATA)
 
+# The Databricks CLI's bundle JSON schema as SchemaStore publishes it (TypeScript definitions)
+# and the TypeScript compiler, pinned in tools/bundle-schema/package-lock.json, for
+# tests/test_bundle.py (the CLI itself cannot be fetched here: README, "Databricks").
+BUNDLE_SCHEMA := tools/bundle-schema/node_modules/.package-lock.json
+bundle-schema: $(BUNDLE_SCHEMA)
+
+$(BUNDLE_SCHEMA): tools/bundle-schema/package.json tools/bundle-schema/package-lock.json
+	@if command -v npm >/dev/null; then cd tools/bundle-schema && npm ci --no-audit --no-fund; \
+	else echo "make bundle-schema: no npm here; tests/test_bundle.py skips the schema check"; fi
+
 ML1M := --config conf/local.yaml --config conf/datasets/movielens-1m.yaml
 
 # The main job, end to end on MovieLens-1M: ETL (with a Spark/delta-rs read-back check),
@@ -97,10 +107,10 @@ bench: setup horovod
 soak: setup
 	$(PY) -m tests.reliability.soak --work out/soak
 
-test: setup horovod data
+test: setup horovod data bundle-schema
 	$(PY) -m pytest -q tests
 
-test-unit: setup
+test-unit: setup bundle-schema
 	$(PY) -m pytest -q tests -m "not spark"
 
 lint: setup

