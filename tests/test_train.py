@@ -435,6 +435,10 @@ def test_petastorm_warnings_are_dropped_at_their_source_and_others_kept() -> Non
         "old API@f.py",
         "real@f.py",
     ]
+    import logging
+
+    chatty = logging.getLogger("petastorm.etl.dataset_metadata")
+    assert not chatty.isEnabledFor(logging.INFO) and chatty.isEnabledFor(logging.WARNING)
 
 
 def test_available_cores_follow_a_containers_cpu_quota(tmp_path) -> None:  # noqa: ANN001

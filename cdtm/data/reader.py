@@ -11,6 +11,7 @@ determined by the seed (what checkpoint resume relies on).
 from __future__ import annotations
 
 import dataclasses
+import logging
 import warnings
 from collections.abc import Iterator, Sequence
 
@@ -28,6 +29,9 @@ from cdtm.spec import FeatureSpec
 def quiet_petastorm() -> None:
     for category in (FutureWarning, DeprecationWarning):
         warnings.filterwarnings("ignore", category=category, module=r"petastorm(\.|$)")
+    # Two INFO lines per reader ("Failed loading Unischema ... Recovering rowgroup
+    # information"): expected for a Delta table's Parquet files, printed every epoch.
+    logging.getLogger("petastorm.etl.dataset_metadata").setLevel(logging.WARNING)
 
 
 quiet_petastorm()
