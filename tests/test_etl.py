@@ -205,27 +205,25 @@ def test_too_many_rejects_fails_and_writes_no_features(spark, tmp_path: Path) ->
     ) == (2, 1, 1)
 
 
-def test_movielens_1m_benchmark_domains(
-    spark, movielens_dir: Path, tmp_path: Path, monkeypatch
+@pytest.mark.parametrize(
+    "dataset, expected",
+    [
+        # The Scenario-Wise-Rec benchmark's published domain sizes (see shared design MODEL.md).
+        ("movielens-1m", {"0": 210_747, "1": 395_556, "2": 393_906}),
+        # By the movie's first genre: the sizes the README and the spec file give.
+        (
+            "movielens-1m-genres",
+            {"drama": 208_627, "comedy": 276_923, "action": 337_082, "other": 177_577},
+        ),
+    ],
+)
+def test_movielens_1m_domain_sizes(
+    spark, movielens_dir: Path, tmp_path: Path, monkeypatch, dataset: str, expected: dict
 ) -> None:
     if not (movielens_dir / "movielens-1m" / "ml-1m.inter").is_file():
         pytest.skip("MovieLens-1M not found")
     monkeypatch.setenv("CDTM_DATA_DIR", str(movielens_dir))
-    report = run_etl(spark, config(tmp_path / "lake", "movielens-1m"))
-    # The Scenario-Wise-Rec benchmark's published domain sizes (see shared design MODEL.md).
-    assert report.domain_rows == {"0": 210_747, "1": 395_556, "2": 393_906}
-    assert report.input_rows == report.accepted_rows == 1_000_209
-
-
-def test_movielens_1m_genre_domains(
-    spark, movielens_dir: Path, tmp_path: Path, monkeypatch
-) -> None:
-    if not (movielens_dir / "movielens-1m" / "ml-1m.inter").is_file():
-        pytest.skip("MovieLens-1M not found")
-    monkeypatch.setenv("CDTM_DATA_DIR", str(movielens_dir))
-    report = run_etl(spark, config(tmp_path / "lake", "movielens-1m-genres"))
-    # The sizes the README and the spec file give (every rating's movie has a genre).
-    expected = {"drama": 208_627, "comedy": 276_923, "action": 337_082, "other": 177_577}
+    report = run_etl(spark, config(tmp_path / "lake", dataset))
     assert report.domain_rows == expected
     assert report.input_rows == report.accepted_rows == 1_000_209
 
