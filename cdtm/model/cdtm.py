@@ -31,6 +31,7 @@ from cdtm.model.layers import (
     SegmentedEmbedding,
     StarMLP,
     by_domain,
+    domain_order,
     mlp,
     undo_order,
 )
@@ -78,9 +79,9 @@ def per_segment(
     """
     order = None
     if counts is None:
-        order = torch.argsort(domain, stable=True)
-        counts = torch.bincount(domain, minlength=1).tolist()
-        xs = tuple(x[order] for x in xs)
+        order, counts = domain_order(domain, 1)
+        if order is not None:
+            xs = tuple(x[order] for x in xs)
     parts = [torch.split(x, counts) for x in xs]
     out = torch.cat(
         [fn(d, *rows) for d, rows in enumerate(zip(*parts)) if rows[0].shape[0] or d == 0]

@@ -13,15 +13,21 @@ from torch import nn
 from cdtm.data.batch import Batch
 
 
+def domain_order(domain: torch.Tensor, n_domains: int) -> tuple[torch.Tensor | None, list[int]]:
+    """The permutation that puts rows in domain order (None where they are already), and the
+    rows of each domain (at least ``n_domains`` counts)."""
+    order = None
+    if domain.numel() > 1 and bool((domain[1:] < domain[:-1]).any()):
+        order = torch.argsort(domain, stable=True)
+    return order, torch.bincount(domain, minlength=n_domains).tolist()
+
+
 def by_domain(batch: Batch, n_domains: int) -> tuple[Batch, torch.Tensor | None, list[int]]:
     """The batch with its rows in domain order (``order``: the permutation, None where they
     were already), and the rows of each domain. Every domain's rows are then one contiguous
     slice, so a per-domain weight is applied with one matmul per domain, no gather."""
-    order = None
-    if batch.domain.numel() > 1 and bool((batch.domain[1:] < batch.domain[:-1]).any()):
-        order = torch.argsort(batch.domain, stable=True)
-        batch = batch.select(order)
-    return batch, order, torch.bincount(batch.domain, minlength=n_domains).tolist()
+    order, counts = domain_order(batch.domain, n_domains)
+    return (batch if order is None else batch.select(order)), order, counts
 
 
 def undo_order(x: torch.Tensor, order: torch.Tensor | None) -> torch.Tensor:

@@ -303,9 +303,6 @@ def fit(
             optimizer.step()
             if averaged is not None:
                 averaged.update_parameters(model)
-                # Buffers (STAR's normalisation statistics) are not averaged: the model's own.
-                for avg_buf, live in zip(averaged.module.buffers(), model.buffers()):
-                    avg_buf.copy_(live)
             state["step_in_epoch"] = i + 1
             state["global_step"] += 1
             fault_point("train.step", state["global_step"])
@@ -325,6 +322,11 @@ def fit(
                     rows * backend.size / max(time.time() - t0, 1e-9),
                 )
         train_seconds = time.time() - t0
+        if averaged is not None:
+            # Buffers (STAR's normalisation statistics) are not averaged: the model's own, taken
+            # once here, where the averaged model is evaluated and kept.
+            for avg_buf, live in zip(averaged.module.buffers(), model.buffers()):
+                avg_buf.copy_(live)
         kept = cast(CTRModel, averaged.module) if averaged is not None else model
         valid = evaluate(kept, data.eval_batches("valid"), domains, device, backend)
         metric = valid["auc"][key]
