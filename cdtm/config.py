@@ -131,11 +131,16 @@ def _check_date(key: str, value: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class SplitConf:
-    method: Literal["random", "time"] = "random"
+    # random: a hash of the row, by seed | time: by timestamp quantiles within the day |
+    # days: the last holdout_days days of the training window are validation and test (their
+    # rows split valid:test by the hash), every earlier day of the window is training; decided
+    # when a model trains, so a day is held out tonight and trained on tomorrow.
+    method: Literal["random", "time", "days"] = "random"
     seed: int = 0
     train: float = 0.8
     valid: float = 0.1
     test: float = 0.1
+    holdout_days: int = 1  # method: days
 
     def __post_init__(self) -> None:
         total = self.train + self.valid + self.test
@@ -143,6 +148,8 @@ class SplitConf:
             raise ConfigError(
                 f"etl.split: train/valid/test must be >= 0 and sum to 1 (got {total:g})"
             )
+        if self.method == "days" and self.valid + self.test <= 0:
+            raise ConfigError("etl.split.method=days: valid + test must be above 0")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -450,6 +457,7 @@ class TrainConf:
     shuffle_labels: list[str] = dataclasses.field(default_factory=list)
     flip_labels: list[str] = dataclasses.field(default_factory=list)
     features_version: int | None = None  # None: the latest version of the features table
+    window_days: int | None = None  # train on the N days up to run.ds; None: every stored day
     model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
     plots: bool = True
 
@@ -475,7 +483,8 @@ class TrackingConf:
 
 @dataclasses.dataclass(frozen=True)
 class ScoringConf:
-    # latest | a model_version folder name | alias:<alias of tracking.registered_model> |
+    # latest | champion (the nightly pipeline's, cdtm.champion) | a model_version folder name |
+    # alias:<alias of tracking.registered_model> |
     # models:/<registered model>@<alias> | models:/<registered model>/<version>
     model: str = "latest"
     table: str = "features"  # lake table whose rows of run.ds are scored
@@ -494,9 +503,12 @@ class ScoringConf:
 
 @dataclasses.dataclass(frozen=True)
 class PipelineConf:
-    train: Literal["always", "reuse"] = (
-        "always"  # reuse: the current model (trains if there is none)
-    )
+    # always: train a challenger every night | reuse: score with the champion (train one
+    # only where there is none)
+    train: Literal["always", "reuse"] = "always"
+    # A challenger replaces the champion unless its validation AUC on the same rows is below
+    # the champion's by more than this.
+    promote_tolerance: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -679,6 +691,8 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "etl.split.train": (0, 1),
     "etl.split.valid": (0, 1),
     "etl.split.test": (0, 1),
+    "etl.split.holdout_days": (1, None),
+    "train.window_days": (1, None),
     "lake.commit_retries": (0, None),
     "lake.min_vacuum_retention_hours": (0, None),
     "train.batch_size": (1, None),
@@ -700,6 +714,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.experts": (1, None),
     "model.cdtm.align_weight": (0, None),
     "model.cdtm.attention_init": (0, 1),
+    "pipeline.promote_tolerance": (0, 1),
 }
 
 

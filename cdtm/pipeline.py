@@ -1,8 +1,13 @@
 """The nightly pipeline: for each day, ETL -> train (or reuse the current model) -> score ->
 summary. Every stage replaces its own day, so a failed night is re-run as it is.
 
+Each night's training is a challenger; the champion (``cdtm.champion``) scores unless the
+challenger is at least as good on the same validation rows.
+
 The summary (``<lake.root>/_pipeline/<ds>.json``, also logged) holds the data-quality counts,
-the model version, rows scored per domain and the score distribution.
+the model that scored (``champion``), the one trained (``challenger``), whether it was
+``promoted`` and why (``promotion``: both validation AUCs), rows scored per domain and the
+score distribution.
 """
 
 from __future__ import annotations
@@ -14,9 +19,10 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from cdtm.champion import challenge
 from cdtm.config import Config, RunConf
 from cdtm.scoring import score_day
-from cdtm.train.artifacts import ArtifactError, latest_artifact
+from cdtm.train.artifacts import champion
 from cdtm.train.launch import launch
 
 if TYPE_CHECKING:
@@ -38,16 +44,13 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     ds = cfg.run.ds
     log.info("pipeline ds=%s: etl", ds)
     etl = run_etl(spark, cfg)
-    model_version = None
-    if cfg.pipeline.train == "reuse":
-        try:
-            model_version = latest_artifact(Path(cfg.artifacts.root)).name
-        except ArtifactError:
-            log.info("pipeline ds=%s: no model yet, training one", ds)
-    if model_version is None:
-        log.info("pipeline ds=%s: train", ds)
-        model_version = launch(spark, cfg).model_version
-    log.info("pipeline ds=%s: score with %s", ds, model_version)
+    challenger = None
+    if cfg.pipeline.train == "always" or champion(Path(cfg.artifacts.root)) is None:
+        log.info("pipeline ds=%s: train a challenger", ds)
+        challenger = launch(spark, cfg).model_version
+    promotion = challenge(cfg, challenger)
+    model_version = promotion.champion
+    log.info("pipeline ds=%s: score with %s (%s)", ds, model_version, promotion.reason)
     scored = score_day(
         spark,
         dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, model=model_version)),
@@ -55,6 +58,16 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     summary = {
         "ds": ds,
         "model_version": model_version,
+        "champion": model_version,
+        "challenger": challenger,
+        "promoted": promotion.promoted,
+        "promotion": {
+            "champion_auc": promotion.champion_auc,
+            "challenger_auc": promotion.challenger_auc,
+            "metric": f"valid.auc.{promotion.metric}",
+            "tolerance": promotion.tolerance,
+            "reason": promotion.reason,
+        },
         "data_quality": {
             "input_rows": etl.input_rows,
             "accepted_rows": etl.accepted_rows,

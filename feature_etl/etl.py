@@ -297,14 +297,19 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
                     f"the dataset declares {wanted}"
                 )
         else:
-            train_rows = accepted.where(F.col("split") == "train")
+            # split.method=days: every row of a day is trained on once the day leaves the
+            # holdout, so the vocabulary takes all of them.
+            every_row = cfg.etl.split.method == "days"
+            train_rows = accepted if every_row else accepted.where(F.col("split") == "train")
             if rebuild:
                 stored, stored_version = stored_days(spark, lake, dataset, ds)
                 stored = stored.persist(StorageLevel.MEMORY_AND_DISK)
                 stored_rows = stored.count()
                 values = [value_column(f) for f in dataset.fields if f.hash_buckets <= 0]
                 train_rows = train_rows.select(*values).unionByName(
-                    stored.where(F.col("split") == "train").select(*values)
+                    (stored if every_row else stored.where(F.col("split") == "train")).select(
+                        *values
+                    )
                 )
                 log.info(
                     "etl.vocab=rebuild: re-indexing %s stored rows of features v%d with this day",

@@ -2,7 +2,10 @@
 
 ``random``: a hash of the raw row and the seed, so a re-run assigns every row the same way
 whatever the partitioning (the benchmark's random 80/10/10 split). ``time``: rows before the
-``train`` quantile of the timestamp are train, then valid, then test.
+``train`` quantile of the timestamp are train, then valid, then test. ``days``: which days
+train and which are held out is decided when a model trains (the last days of its window); the
+ETL writes the half each row takes when its day is held out (``valid`` or ``test``, by the hash
+in the ratio valid:test), and a training reads every row of an earlier day.
 """
 
 from __future__ import annotations
@@ -16,10 +19,13 @@ _BUCKETS = 1_000_000
 
 
 def assign_split(df: DataFrame, conf: SplitConf, key: str = "_raw", ts: str = "ts") -> DataFrame:
-    if conf.method == "random":
+    if conf.method in ("random", "days"):
         u = F.pmod(F.xxhash64(F.col(key), F.lit(conf.seed)), F.lit(_BUCKETS)) / F.lit(
             float(_BUCKETS)
         )
+        if conf.method == "days":
+            held = conf.valid / (conf.valid + conf.test)
+            return df.withColumn("split", F.when(u < F.lit(held), "valid").otherwise("test"))
         lo, hi = F.lit(conf.train), F.lit(conf.train + conf.valid)
     else:
         u = F.col(ts)

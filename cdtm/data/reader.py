@@ -79,13 +79,14 @@ class FeatureReader:
         self,
         files: Sequence[str],
         spec: FeatureSpec,
-        split: str,
+        split: str | None,
         conf: ReaderConf,
         cur_shard: int = 0,
         shard_count: int = 1,
         filtered: bool = False,
     ) -> None:
-        """``filtered``: apply the domain filter, down-sampling and label experiments of ``conf``
+        """``split``: keep the rows whose ``split`` column has this value (None: every row).
+        ``filtered``: apply the domain filter, down-sampling and label experiments of ``conf``
         (training rows only)."""
         if not files:
             raise ValueError("no data files: the features table version is empty")
@@ -115,7 +116,11 @@ class FeatureReader:
         with make_batch_reader(self.files, **kwargs) as reader:
             for group in reader:
                 cols = group._asdict()
-                keep = cols["split"] == self.split
+                keep = (
+                    cols["split"] == self.split
+                    if self.split is not None
+                    else np.ones(len(cols["split"]), bool)
+                )
                 if self.filtered:
                     keep &= keep_mask(cols, self.conf)
                     if self.conf.flipped_labels:

@@ -400,8 +400,16 @@ def table_version(root: str) -> int:
     return int(_open(root).version())
 
 
-def table_files(root: str, version: int | None = None) -> list[str]:
-    """URLs (``file://`` for local tables) of the data files of one table version.
+def table_days(root: str, version: int | None = None) -> list[str]:
+    """The ``ds`` partition values of one table version, in order."""
+    return sorted({p["ds"] for p in _open(root, version).partitions() if p.get("ds")})
+
+
+def table_files(
+    root: str, version: int | None = None, days: Sequence[str] | None = None
+) -> list[str]:
+    """URLs (``file://`` for local tables) of the data files of one table version (of these
+    ``ds`` partitions only, where ``days`` is given).
 
     A file list cannot see deletion vectors: a version whose files carry them (someone ran
     DELETE with ``delta.enableDeletionVectors`` on) would feed deleted rows to a reader of the
@@ -418,7 +426,9 @@ def table_files(root: str, version: int | None = None) -> list[str]:
                 f"{int(live.column('n')[0].as_py()):,} live). Rewrite the files first: "
                 "`python jobs/maintain.py purge --table <name>` (REORG TABLE ... APPLY (PURGE))."
             )
-    uris = table.file_uris()
+    uris = table.file_uris(
+        file_pruning_predicate=[("ds", "in", list(days))] if days is not None else None
+    )
     return [u if "://" in u else "file://" + os.path.abspath(u) for u in uris]
 
 
@@ -619,8 +629,13 @@ class Lake:
     def version(self, name: str) -> int:
         return table_version(self.path(name))
 
-    def files(self, name: str, version: int | None = None) -> list[str]:
-        return table_files(self.path(name), version)
+    def files(
+        self, name: str, version: int | None = None, days: Sequence[str] | None = None
+    ) -> list[str]:
+        return table_files(self.path(name), version, days)
+
+    def days(self, name: str, version: int | None = None) -> list[str]:
+        return table_days(self.path(name), version)
 
     def history(self, name: str, spark: SparkSession | None = None) -> list[dict[str, Any]]:
         """Newest first: Delta's ``DESCRIBE HISTORY`` with the Spark engine, else delta-rs."""

@@ -22,6 +22,7 @@ from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
 from cdtm.train.artifacts import (
     VOCAB_FILE,
     ArtifactError,
+    champion_artifact,
     latest_artifact,
     load_artifact,
     verify,
@@ -61,6 +62,8 @@ def resolve_artifact(cfg: Config) -> Path:
     choice = cfg.scoring.model
     if choice == "latest":
         return latest_artifact(root)
+    if choice == "champion":
+        return champion_artifact(root)
     if choice.startswith("alias:"):
         return _from_registry(cfg, choice.removeprefix("alias:"))
     if choice.startswith("models:/"):

@@ -145,3 +145,47 @@ def latest_artifact(root: Path) -> Path:
     if not done:
         raise ArtifactError(f"no model artifact under {root}")
     return max(done, key=lambda p: (p / MANIFEST).stat().st_mtime)
+
+
+# The champion: the model version the nightly pipeline scores with, and the versions it
+# replaced (newest last), so that a rollback knows where to go.
+CHAMPION_FILE = "_champion.json"
+
+
+def champion_history(root: Path) -> list[dict[str, Any]]:
+    path = Path(root) / CHAMPION_FILE
+    if not path.is_file():
+        return []
+    try:
+        history = json.loads(path.read_text())["history"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ArtifactError(f"{path}: not a champion record ({e}); fix or remove it") from e
+    return list(history)
+
+
+def champion(root: Path) -> str | None:
+    """The champion's model version (None before the first promotion)."""
+    history = champion_history(root)
+    return str(history[-1]["version"]) if history else None
+
+
+def champion_artifact(root: Path) -> Path:
+    version = champion(root)
+    if version is None:
+        raise ArtifactError(
+            f"no champion under {root}: the nightly pipeline promotes its first model, or run "
+            "`python jobs/maintain.py promote --model <version>`"
+        )
+    path = Path(root) / version
+    if not (path / MANIFEST).is_file():
+        raise ArtifactError(f"the champion {version} has no artifact at {path}")
+    return path
+
+
+def write_champion_history(root: Path, history: list[dict[str, Any]]) -> None:
+    """Replace the record in one rename: a reader sees the old champion or the new one."""
+    path = Path(root) / CHAMPION_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"history": history}, indent=2) + "\n")
+    tmp.replace(path)

@@ -7,6 +7,7 @@ The driver reads only metadata: the feature spec and the file list of one versio
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import hashlib
 import json
 import logging
@@ -42,10 +43,21 @@ log = logging.getLogger(__name__)
 class TrainInputs:
     """What a training process needs, small enough to ship to executors."""
 
-    files: list[str]
+    files: list[str]  # every file of the training window
     spec: FeatureSpec
     versions: dict[str, int]
     lake_root: str
+    days: list[str] = dataclasses.field(default_factory=list)  # the window's days, in order
+    # etl.split.method=days: the files of the days each split reads (train: every row of them;
+    # valid, test: the held-out days' rows of that half). Empty: every split reads ``files``
+    # and keeps the rows its ``split`` column names.
+    split_files: dict[str, list[str]] = dataclasses.field(default_factory=dict)
+
+    def reader_args(self, split: str) -> tuple[list[str], str | None]:
+        """The files a split reads and the ``split`` value its rows must carry (None: all)."""
+        if not self.split_files:
+            return self.files, split
+        return self.split_files[split], None if split == "train" else split
 
 
 @dataclasses.dataclass
@@ -58,8 +70,9 @@ class LakeData:
     size: int = 1
 
     def _reader(self, split: str, filtered: bool = False) -> FeatureReader:
+        files, rows = self.inputs.reader_args(split)
         return FeatureReader(
-            self.inputs.files, self.inputs.spec, split, self.reader, self.rank, self.size, filtered
+            files, self.inputs.spec, rows, self.reader, self.rank, self.size, filtered
         )
 
     def train_batches(self, seed: int) -> Iterator[Batch]:
@@ -93,9 +106,46 @@ def resolve_inputs(cfg: Config) -> TrainInputs:
         else lake.version("features")
     )
     versions = published_versions(lake.root, version)
-    check_one_vocabulary(lake.root, version)
+    days = window(lake.days("features", version), cfg.run.ds, cfg.train.window_days)
+    check_one_vocabulary(lake.root, version, days)
     spec = read_feature_spec(lake.path("feature_spec"), versions["feature_spec"])
-    return TrainInputs(lake.files("features", version), spec, versions, lake.root)
+    files = lake.files("features", version, days)
+    split_files: dict[str, list[str]] = {}
+    if cfg.etl.split.method == "days":
+        held = cfg.etl.split.holdout_days
+        if len(days) <= held:
+            raise ValueError(
+                f"etl.split.method=days holds out the last {held} day(s) of the training "
+                f"window, which has {len(days)} ({', '.join(days) or 'none'}) in features "
+                f"v{version} under {lake.root}: it needs at least {held + 1} days (run the ETL "
+                "of more days, or widen train.window_days)"
+            )
+        train_files = lake.files("features", version, days[:-held])
+        held_files = lake.files("features", version, days[-held:])
+        split_files = {"train": train_files, "valid": held_files, "test": held_files}
+        log.info(
+            "training window %s..%s: %d day(s) train, %s held out for validation and test",
+            days[0],
+            days[-1],
+            len(days) - held,
+            ", ".join(days[-held:]),
+        )
+    return TrainInputs(files, spec, versions, lake.root, days, split_files)
+
+
+def window(days: list[str], ds: str, window_days: int | None) -> list[str]:
+    """The stored days a training reads: all of them, or the ``window_days`` calendar days up
+    to ``ds`` (those of them that are stored)."""
+    if window_days is None:
+        return days
+    first = (dt.date.fromisoformat(ds) - dt.timedelta(days=window_days - 1)).isoformat()
+    chosen = [d for d in days if first <= d <= ds]
+    if not chosen:
+        raise ValueError(
+            f"train.window_days={window_days}: no stored day of the features table lies in "
+            f"{first}..{ds} (stored: {days[0] + '..' + days[-1] if days else 'none'})"
+        )
+    return chosen
 
 
 def trained_vocab(inputs: TrainInputs) -> pa.Table | None:
@@ -114,12 +164,16 @@ class MixedVocabularyError(RuntimeError):
     """The days of a features version were indexed with vocabularies whose indices differ."""
 
 
-def check_one_vocabulary(lake_root: str, features_version: int) -> None:
+def check_one_vocabulary(
+    lake_root: str, features_version: int, within: list[str] | None = None
+) -> None:
     """Refuse days indexed with different vocabulary generations: the same index would mean
-    different values in different days (a vocabulary built anew, not extended)."""
+    different values in different days (a vocabulary built anew, not extended). ``within``:
+    only these days are read."""
     days: dict[str, list[str]] = {}
     for ds, generation in sorted(day_generations(lake_root, features_version).items()):
-        days.setdefault(generation, []).append(ds)
+        if within is None or ds in within:
+            days.setdefault(generation, []).append(ds)
     if len(days) > 1:
         detail = "; ".join(
             f"generation {g}: {ds[0]}..{ds[-1]} ({len(ds)} days)" for g, ds in days.items()
@@ -236,10 +290,12 @@ def train_model(
     ckpt_dir = root / "_checkpoints" / run_key(cfg, inputs)
     if backend.is_main:
         log.info(
-            "training %s on features v%d (%d files), %d domains, %d fields, device %s, %d process(es)",
+            "training %s on features v%d (%d files, %s), %d domains, %d fields, device %s, "
+            "%d process(es)",
             cfg.model.name,
             inputs.versions["features"],
             len(inputs.files),
+            f"{inputs.days[0]}..{inputs.days[-1]}" if inputs.days else "no days",
             len(inputs.spec.domains),
             len(inputs.spec.fields),
             device,
