@@ -502,6 +502,14 @@ class ScoringConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class DriftConf:
+    trailing_days: int = 7  # volume and CTR are compared with the mean of these days before
+    ratio_limit: float = 2.0  # flag a volume or CTR ratio above this or below its inverse
+    psi_threshold: float = 0.2  # flag a score or field PSI above this (0.1-0.25: moderate)
+    fields: list[str] | None = None  # fields whose value PSI is reported; None: every field
+
+
+@dataclasses.dataclass(frozen=True)
 class PipelineConf:
     # always: train a challenger every night | reuse: score with the champion (train one
     # only where there is none)
@@ -509,6 +517,8 @@ class PipelineConf:
     # A challenger replaces the champion unless its validation AUC on the same rows is below
     # the champion's by more than this.
     promote_tolerance: float = 0.0
+    drift: DriftConf = dataclasses.field(default_factory=DriftConf)
+    fail_on_drift: bool = False  # a flagged drift fails the night (exit 3) after its summary
 
 
 @dataclasses.dataclass(frozen=True)
@@ -715,6 +725,9 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "model.cdtm.align_weight": (0, None),
     "model.cdtm.attention_init": (0, 1),
     "pipeline.promote_tolerance": (0, 1),
+    "pipeline.drift.trailing_days": (1, None),
+    "pipeline.drift.ratio_limit": (1, None),
+    "pipeline.drift.psi_threshold": (0, None),
 }
 
 

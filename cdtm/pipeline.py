@@ -21,7 +21,10 @@ from typing import TYPE_CHECKING, Any
 
 from cdtm.champion import challenge
 from cdtm.config import Config, RunConf
+from cdtm.drift import DriftError, drift_report, flagged
+from cdtm.lake import Lake
 from cdtm.scoring import score_day
+from cdtm.spec import read_feature_spec
 from cdtm.train.artifacts import champion
 from cdtm.train.launch import launch
 
@@ -87,9 +90,23 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
         "transfer_report": scored.transfer_report,
     }
     out = Path(cfg.lake.root) / "_pipeline" / f"{ds}.json"
+    spec = read_feature_spec(Lake(cfg.lake.root).path("feature_spec"), etl.versions["feature_spec"])
+    drift = drift_report(
+        cfg.lake.root, spec, ds, cfg.pipeline.drift, out.with_name(f"{ds}-scores.png")
+    )
+    summary["drift"] = drift
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
     log.info("pipeline ds=%s done: %s", ds, json.dumps(summary, sort_keys=True))
+    drifted = flagged(drift)
+    if drifted:
+        log.warning("pipeline ds=%s: drift: %s", ds, "; ".join(drifted))
+        if cfg.pipeline.fail_on_drift:
+            raise DriftError(
+                f"ds={ds}: drift above the thresholds (pipeline.fail_on_drift): "
+                + "; ".join(drifted)
+                + f". Summary: {out}"
+            )
     return summary
 
 

@@ -3,14 +3,17 @@
     python jobs/pipeline.py --config conf/local.yaml --config conf/datasets/movielens-1m.yaml --ds 2024-01-01
     python jobs/pipeline.py ... --from 2024-01-01 --to 2024-01-07 --set pipeline.train=reuse
 
-Prints one JSON summary per day on stdout. Re-running a failed day needs no clean-up.
+Prints one JSON summary per day on stdout. Re-running a failed day needs no clean-up. Exit 3:
+drift above the thresholds with pipeline.fail_on_drift set (the day's summary is written).
 """
 
 from __future__ import annotations
 
 import json
+import sys
 
 from cdtm.cli import load, parser, run_job, setup_logging
+from cdtm.drift import DriftError
 from cdtm.pipeline import days, run_days
 from cdtm.spark import build_session
 
@@ -27,8 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(args)
     ds_list = days(args.start, args.end) if args.start else [args.ds or cfg.run.ds]
     spark = build_session(cfg.spark)
-    for summary in run_days(spark, cfg, ds_list):
-        print(json.dumps(summary, sort_keys=True))
+    try:
+        for summary in run_days(spark, cfg, ds_list):
+            print(json.dumps(summary, sort_keys=True))
+    except DriftError as e:
+        print(f"pipeline failed: {e}", file=sys.stderr)
+        return 3
     return 0
 
 

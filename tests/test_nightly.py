@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from pyspark.sql import functions as F
 
@@ -14,7 +15,7 @@ from cdtm.lake import Lake
 from cdtm.train.job import window
 from tests.conftest import REPO
 
-DAYS = ["2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04"]
+DAYS = ["2024-05-01", "2024-05-02", "2024-05-03", "2024-05-04", "2024-05-05"]
 ROWS = 3000
 
 
@@ -25,6 +26,24 @@ def test_window_takes_the_stored_days_up_to_ds() -> None:
     assert window(stored, "2024-05-02", 1) == ["2024-05-02"]
     with pytest.raises(ValueError, match=r"train.window_days=2: no stored day .* 2024-05-09"):
         window(stored, "2024-05-10", 2)
+
+
+def test_psi_is_zero_for_the_same_distribution_and_grows_with_a_shift() -> None:
+    from cdtm.drift import psi, score_psi, value_psi
+
+    rng = np.random.default_rng(0)
+    ref = np.histogram(rng.normal(0, 1, 20_000), bins=200, range=(-8, 8))[0].astype(float)
+    same = np.histogram(rng.normal(0, 1, 20_000), bins=200, range=(-8, 8))[0].astype(float)
+    moved = np.histogram(rng.normal(0.8, 1, 20_000), bins=200, range=(-8, 8))[0].astype(float)
+    assert score_psi(ref, ref) == 0.0
+    assert score_psi(ref, same) < 0.02
+    assert score_psi(ref, moved) > 0.4
+    assert psi(np.array([50.0, 50.0]), np.array([90.0, 10.0])) == pytest.approx(
+        0.4 * np.log(0.9 / 0.5) - 0.4 * np.log(0.1 / 0.5)
+    )
+    # Values beyond the reference's top ones fall into one bucket: new values show as a shift.
+    assert value_psi({1: 60, 2: 40}, {1: 60, 2: 40}) == 0.0
+    assert value_psi({1: 60, 2: 40}, {1: 30, 2: 20, 3: 50}) > 1.0
 
 
 def config(tmp_path: Path, ds: str, *overrides: str):  # noqa: ANN201
@@ -55,6 +74,7 @@ def test_a_window_of_days_and_a_champion_a_worse_model_does_not_replace(
     spark, tmp_path: Path
 ) -> None:
     from cdtm.champion import ChampionError, rollback
+    from cdtm.drift import DriftError
     from cdtm.pipeline import run_day
     from cdtm.scoring import resolve_artifact
     from cdtm.train.artifacts import champion
@@ -120,3 +140,26 @@ def test_a_window_of_days_and_a_champion_a_worse_model_does_not_replace(
         rollback(scoring)
     assert maintain.main(["promote", *args, "--model", "no-such-model"]) == 1
     assert champion(art) == champ
+    assert not night["drift"]["d0"]["flagged"]  # the same generator as the days before
+    assert night["drift"]["d0"]["volume_ratio"] == pytest.approx(1.0)
+    assert night["drift"]["d0"]["score_psi"] is not None
+    assert (tmp_path / "lake" / "_pipeline" / f"{DAYS[3]}-scores.png").stat().st_size > 0
+
+    # Night 5 has a quarter of the events: flagged, and with fail_on_drift the night fails
+    # once its summary is written. No challenger (reuse): the champion scores.
+    with pytest.raises(DriftError, match=r"d0: volume 0.2\d+x the trailing mean"):
+        run_day(
+            spark,
+            config(
+                tmp_path,
+                DAYS[4],
+                f"dataset.source.synthetic.rows={ROWS // 4}",
+                "pipeline.train=reuse",
+                "pipeline.fail_on_drift=true",
+            ),
+        )
+    saved = json.loads((tmp_path / "lake" / "_pipeline" / f"{DAYS[4]}.json").read_text())
+    assert saved["challenger"] is None and saved["champion"] == champ and not saved["promoted"]
+    d0 = saved["drift"]["d0"]
+    assert d0["flagged"] and d0["volume_ratio"] == pytest.approx(0.25, abs=0.05)
+    assert d0["ctr_ratio"] == pytest.approx(1.0, abs=0.3)
