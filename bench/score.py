@@ -49,7 +49,9 @@ def bench_score(
     )
     artifact = train_model(train_cfg).artifact
     run_cfg = dataclasses.replace(
-        base, scoring=dataclasses.replace(base.scoring, model="bench-score-model")
+        # Scoring alone, as measured before: no evaluation join against the labels.
+        base,
+        scoring=dataclasses.replace(base.scoring, model="bench-score-model", evaluate=False),
     )
     score_day(spark, run_cfg)  # warm-up: Python workers, model load
     reports: list[ScoreReport] = []

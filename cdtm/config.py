@@ -482,12 +482,33 @@ class TrackingConf:
 
 
 @dataclasses.dataclass(frozen=True)
+class CandidatesConf:
+    """Unlabelled rows of the dataset's shape (its keys, domain and field columns, no label)."""
+
+    format: Literal["csv", "parquet", "delta", "table"]
+    path: str | None = None  # csv, parquet, delta: file, folder or glob; {ds} is the day
+    table: str | None = None  # table: a metastore name (rows of run.ds where it has a ds column)
+    delimiter: str = ","
+    quote: str = '"'
+
+    def __post_init__(self) -> None:
+        if self.format == "table" and not self.table:
+            raise ConfigError("scoring.candidates.table: required for format: table")
+        if self.format != "table" and not self.path:
+            raise ConfigError(f"scoring.candidates.path: required for format: {self.format}")
+
+
+@dataclasses.dataclass(frozen=True)
 class ScoringConf:
     # latest | champion (the nightly pipeline's, cdtm.champion) | a model_version folder name |
     # alias:<alias of tracking.registered_model> |
     # models:/<registered model>@<alias> | models:/<registered model>/<version>
     model: str = "latest"
     table: str = "features"  # lake table whose rows of run.ds are scored
+    evaluate: bool = True  # labelled rows: also AUC and calibration per domain in the report
+    # Unlabelled candidate rows to score instead of the table's (scored with the model's own
+    # vocabulary; bad rows quarantined in candidate_rejects). None: score ``table``.
+    candidates: CandidatesConf | None = None
 
     def __post_init__(self) -> None:
         check_name("scoring.table", self.table)

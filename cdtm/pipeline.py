@@ -54,10 +54,15 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
     promotion = challenge(cfg, challenger)
     model_version = promotion.champion
     log.info("pipeline ds=%s: score with %s (%s)", ds, model_version, promotion.reason)
-    scored = score_day(
-        spark,
-        dataclasses.replace(cfg, scoring=dataclasses.replace(cfg.scoring, model=model_version)),
+    scoring = dataclasses.replace(
+        cfg, scoring=dataclasses.replace(cfg.scoring, model=model_version)
     )
+    if cfg.scoring.candidates is not None:
+        from feature_etl.candidates import score_candidates
+
+        scored = score_candidates(spark, scoring)
+    else:
+        scored = score_day(spark, scoring)
     summary = {
         "ds": ds,
         "model_version": model_version,
@@ -86,6 +91,12 @@ def run_day(spark: SparkSession, cfg: Config) -> dict[str, Any]:
             }
             for d, m in scored.score_mean_per_domain.items()
         },
+        "scored": "candidates" if cfg.scoring.candidates is not None else cfg.scoring.table,
+        "candidates": None
+        if scored.input_rows is None
+        else {"input_rows": scored.input_rows, "rejected": scored.rejected},
+        "auc_per_domain": scored.auc_per_domain,
+        "calibration_per_domain": scored.calibration_per_domain,
         "tables": {**etl.versions, "scores": scored.version},
         "transfer_report": scored.transfer_report,
     }

@@ -33,8 +33,11 @@ class SourceError(ValueError):
     """An input could not be read; the message names the path."""
 
 
-def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame:
-    """Raw events of day ``ds`` (``{ds}`` in paths is replaced) with the meta columns above."""
+def read_events(
+    spark: SparkSession, dataset: DatasetConf, ds: str, labelled: bool = True
+) -> DataFrame:
+    """Raw events of day ``ds`` (``{ds}`` in paths is replaced) with the meta columns above
+    (``labelled=False``: candidate rows, see ``spec_columns``)."""
     src = dataset.source
     if src.format == "synthetic":
         from feature_etl.synthetic import generate
@@ -44,7 +47,7 @@ def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame
         events = generate(spark, src.synthetic)
         return _with_meta(events, events.columns, F.lit("synthetic"), None, False)
 
-    needed = spec_columns(dataset)
+    needed = spec_columns(dataset, labelled)
     if src.files:
         parts = []
         for path, domain in src.files.items():
@@ -64,11 +67,14 @@ def read_events(spark: SparkSession, dataset: DatasetConf, ds: str) -> DataFrame
     return events
 
 
-def spec_columns(dataset: DatasetConf) -> set[str]:
-    """The input columns the dataset spec reads (from the events or a side table)."""
+def spec_columns(dataset: DatasetConf, labelled: bool = True) -> set[str]:
+    """The input columns the dataset spec reads (from the events or a side table); unlabelled
+    candidates need neither the label nor the timestamp."""
     assert dataset.label and dataset.domain and dataset.keys
-    needed = {dataset.label.column, dataset.keys.user}
-    if dataset.timestamp:
+    needed = {dataset.keys.user}
+    if labelled:
+        needed.add(dataset.label.column)
+    if dataset.timestamp and labelled:
         needed.add(dataset.timestamp.column)
     needed |= {dataset.keys.item} | {f.source_column for f in dataset.fields}
     needed |= {d.source_column for d in dataset.dense}

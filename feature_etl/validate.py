@@ -90,10 +90,12 @@ def domain_index(domain: DomainConf, raw_col: str) -> Column:
     return index
 
 
-def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
+def validate(events: DataFrame, dataset: DatasetConf, labelled: bool = True) -> DataFrame:
+    """``labelled=False``: candidate rows, which carry no label (and need no timestamp)."""
     assert dataset.label and dataset.domain and dataset.keys
-    label, domain, ts_conf, keys = dataset.label, dataset.domain, dataset.timestamp, dataset.keys
-    missing = sorted(spec_columns(dataset) - set(events.columns))
+    label, domain, keys = dataset.label, dataset.domain, dataset.keys
+    ts_conf = dataset.timestamp if labelled else None
+    missing = sorted(spec_columns(dataset, labelled) - set(events.columns))
     if missing:
         raise DatasetError(
             f"dataset {dataset.name!r}: columns {missing} named in the spec are not in the input "
@@ -103,7 +105,10 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
     dom = domain_index(domain, domain.column or "_domain_from_file")
 
     label_num = _num(label.column)
-    if label.threshold is not None:
+    label_val: Column
+    if not labelled:
+        label_val = F.lit(None).cast("int")
+    elif label.threshold is not None:
         label_val = F.when(_finite(label_num), (label_num >= F.lit(label.threshold)).cast("int"))
     else:
         label_val = F.when(label_num.isin(0.0, 1.0), label_num.cast("int"))
@@ -125,7 +130,8 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
     ts_bad = ts_val.isNull() if ts_conf is not None else F.lit(False)
 
     # Required: label, domain column, timestamp, user and item keys, and fields marked required.
-    required = [label.column, keys.user, keys.item]
+    required = [label.column] if labelled else []
+    required += [keys.user, keys.item]
     if ts_conf is not None:
         required.append(ts_conf.column)
     if domain.column:
@@ -158,7 +164,7 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         .when(F.col("_unmatched").isNotNull(), F.lit("unmatched_join"))
         .when(missing_first.isNotNull(), F.lit("missing_field"))
         .when(dom.isNull(), F.lit("unknown_domain"))
-        .when(label_val.isNull(), F.lit("bad_label"))
+        .when(label_val.isNull() & F.lit(labelled), F.lit("bad_label"))
         .when(ts_bad, F.lit("bad_timestamp"))
         .when(bad_dense.isNotNull(), F.lit("bad_value"))
     )
@@ -168,7 +174,7 @@ def validate(events: DataFrame, dataset: DatasetConf) -> DataFrame:
         .when(F.col("_unmatched").isNotNull(), F.col("_unmatched"))
         .when(missing_first.isNotNull(), missing_first)
         .when(dom.isNull(), F.lit(domain.column or "_file"))
-        .when(label_val.isNull(), F.lit(label.column))
+        .when(label_val.isNull() & F.lit(labelled), F.lit(label.column))
         .when(ts_bad, F.lit(ts_conf.column if ts_conf else None))
         .when(bad_dense.isNotNull(), bad_dense)
     )

@@ -1,6 +1,10 @@
-"""Score the features of one day with a trained model; write the scores Delta table.
+"""Score one day with a trained model; write the scores Delta table.
 
     python jobs/score.py --config conf/local.yaml --set run.ds=2024-01-01 [--set scoring.model=latest]
+
+With ``scoring.candidates`` set, the day's unlabelled candidate rows are scored (bad ones
+quarantined in candidate_rejects); otherwise the labelled rows of ``scoring.table`` (features),
+with AUC and calibration per domain in the report.
 
 Prints the scoring report (JSON) on stdout; exits 1 when scoring is refused (nothing written).
 """
@@ -22,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load(args)
     spark = build_session(cfg.spark)
     try:
-        report = score_day(spark, cfg)
+        if cfg.scoring.candidates is not None:
+            from feature_etl.candidates import score_candidates
+
+            report = score_candidates(spark, cfg)
+        else:
+            report = score_day(spark, cfg)
     except (ScoringError, ArtifactError) as e:
         print(f"score failed: {e}", file=sys.stderr)
         return 1

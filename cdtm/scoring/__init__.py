@@ -29,7 +29,7 @@ from cdtm.train.artifacts import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 SCORES = "scores"
@@ -52,6 +52,12 @@ class ScoreReport:
     version: int
     commit_seconds: float = 0.0
     transfer_report: str | None = None  # the model's per-domain transfer report, if it has one
+    # Labelled rows only (evaluation): AUC, and mean score / observed CTR, per domain and pooled.
+    auc_per_domain: dict[str, float | None] | None = None
+    calibration_per_domain: dict[str, float | None] | None = None
+    # Candidate scoring: the rows of the day's input and those rejected, by reason.
+    input_rows: int | None = None
+    rejected: dict[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -182,17 +188,28 @@ def check_vocab(artifact: Path, lake: Lake, vocab_version: int) -> None:
         )
 
 
+def load_for_scoring(cfg: Config) -> tuple[Path, FeatureSpec]:
+    """The artifact ``scoring.model`` names, checked (manifest, and that its weights load on
+    the driver, before any executor starts), and its feature spec."""
+    artifact = resolve_artifact(cfg).resolve()
+    try:
+        verify(artifact)
+        # Weights that pass the manifest but do not load are refused here with the file
+        # named, not by an executor's traceback.
+        load_artifact(artifact)
+    except ArtifactError as e:
+        raise ScoringError(str(e)) from e
+    return artifact, FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
+
+
 def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
+    """Score the labelled rows of ``run.ds`` in ``scoring.table`` (for evaluation: the report
+    gives AUC and calibration per domain)."""
     from pyspark.sql import functions as F
 
     ds = cfg.run.ds
     lake = Lake.of(cfg.lake)
-    artifact = resolve_artifact(cfg).resolve()
-    try:
-        verify(artifact)
-    except ArtifactError as e:
-        raise ScoringError(str(e)) from e
-    model_spec = FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
+    artifact, model_spec = load_for_scoring(cfg)
     if not lake.exists(cfg.scoring.table):
         raise ScoringError(f"no {cfg.scoring.table} table under {lake.root}: run the ETL first")
     if cfg.scoring.table == "features":
@@ -205,12 +222,6 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         check_vocab(
             artifact, lake, vocab_version if vocab_version is not None else lake.version("vocab")
         )
-    try:
-        # On the driver, before any executor starts: weights that pass the manifest but do not
-        # load are refused here with the file named, not by an executor's traceback.
-        load_artifact(artifact)
-    except ArtifactError as e:
-        raise ScoringError(str(e)) from e
     rows = lake.read(spark, cfg.scoring.table).where(F.col("ds") == ds)
     needed = ["ds", "row_id", "domain", "user_key", "item_key", *model_spec.columns]
     missing = sorted(set(needed) - set(rows.columns))
@@ -218,6 +229,44 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         raise ScoringError(
             f"{cfg.scoring.table} lacks columns {missing} that model {artifact.name} needs"
         )
+    report = write_scores(spark, cfg, lake, artifact, rows.select(*needed))
+    if cfg.scoring.evaluate and "label" in rows.columns:
+        report = dataclasses.replace(report, **evaluation(lake, cfg.scoring.table, ds, model_spec))
+    return report
+
+
+def evaluation(lake: Lake, table: str, ds: str, spec: FeatureSpec) -> dict[str, Any]:
+    """AUC and calibration (mean score / observed CTR) per domain of the day's scores against
+    the labels of the rows they scored."""
+    from cdtm.train.metrics import ctr_metrics
+
+    t = lake.query(
+        f"SELECT s.score, f.label, f.domain FROM {SCORES} s JOIN {table} f "
+        f"ON s.row_id = f.row_id AND s.ds = f.ds WHERE s.ds = '{ds}' AND f.ds = '{ds}'",
+        [SCORES, table],
+    )
+    y = t.column("label").to_numpy().astype(float)
+    p = t.column("score").to_numpy().astype(float)
+    d = t.column("domain").to_numpy().astype(int)
+    auc = ctr_metrics(y, p, d, spec.domains)["auc"]
+    calibration: dict[str, float | None] = {}
+    for i, name in [(-1, "pooled"), *enumerate(spec.domains)]:
+        mask = d == i if i >= 0 else slice(None)
+        calibration[name] = (
+            round(float(p[mask].sum() / y[mask].sum()), 6) if y[mask].sum() else None
+        )
+    return {
+        "auc_per_domain": {k: round(v, 6) if v is not None else None for k, v in auc.items()},
+        "calibration_per_domain": calibration,
+    }
+
+
+def write_scores(
+    spark: SparkSession, cfg: Config, lake: Lake, artifact: Path, rows: DataFrame
+) -> ScoreReport:
+    """Score ``rows`` (ds, row_id, domain, keys and the model's feature columns) and replace
+    day ``run.ds`` of the ``scores`` table with them in one commit."""
+    ds = cfg.run.ds
     model_version = artifact.name
     scored_at = pd.Timestamp.now(tz="UTC").floor("s")
     fn = partial(
@@ -226,7 +275,7 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
     # Scored and written in the same Python worker (one trip through the JVM, not two).
     res = lake.write(
         spark,
-        rows.select(*needed),
+        rows,
         SCORES,
         mode="overwrite_day",
         partition_by=["ds"],
