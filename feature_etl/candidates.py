@@ -21,7 +21,13 @@ from pyspark.sql.window import Window
 
 from cdtm.config import CandidatesConf, Config, DatasetConf, resolve_path
 from cdtm.lake import Lake
-from cdtm.scoring import ScoreReport, ScoringError, load_for_scoring, write_scores
+from cdtm.scoring import (
+    ScoreReport,
+    ScoringError,
+    check_loads,
+    load_for_scoring,
+    write_scores,
+)
 from cdtm.spec import FeatureSpec
 from cdtm.train.artifacts import VOCAB_FILE
 from feature_etl.etl import dataset_of, to_rejects
@@ -99,6 +105,7 @@ def score_candidates(spark: SparkSession, cfg: Config) -> ScoreReport:
             f"model {artifact.name} reads fields {lacking} that dataset {dataset.name!r} no "
             "longer declares"
         )
+    check_loads(artifact)
     log.info("candidates ds=%s (%s) -> scores with %s", ds, conf.format, artifact.name)
     checked = validate(read_candidates(spark, dataset, conf, ds), dataset, labelled=False)
     model_domain = _in_model(dataset, spec)

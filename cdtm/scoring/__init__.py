@@ -189,17 +189,22 @@ def check_vocab(artifact: Path, lake: Lake, vocab_version: int) -> None:
 
 
 def load_for_scoring(cfg: Config) -> tuple[Path, FeatureSpec]:
-    """The artifact ``scoring.model`` names, checked (manifest, and that its weights load on
-    the driver, before any executor starts), and its feature spec."""
+    """The artifact ``scoring.model`` names (manifest checked) and its feature spec."""
     artifact = resolve_artifact(cfg).resolve()
     try:
         verify(artifact)
-        # Weights that pass the manifest but do not load are refused here with the file
-        # named, not by an executor's traceback.
-        load_artifact(artifact)
     except ArtifactError as e:
         raise ScoringError(str(e)) from e
     return artifact, FeatureSpec.from_dict(json.loads((artifact / "feature_spec.json").read_text()))
+
+
+def check_loads(artifact: Path) -> None:
+    """On the driver, before any executor starts: weights that pass the manifest but do not
+    load are refused here with the file named, not by an executor's traceback."""
+    try:
+        load_artifact(artifact)
+    except ArtifactError as e:
+        raise ScoringError(str(e)) from e
 
 
 def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
@@ -222,6 +227,7 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         check_vocab(
             artifact, lake, vocab_version if vocab_version is not None else lake.version("vocab")
         )
+    check_loads(artifact)
     rows = lake.read(spark, cfg.scoring.table).where(F.col("ds") == ds)
     needed = ["ds", "row_id", "domain", "user_key", "item_key", *model_spec.columns]
     missing = sorted(set(needed) - set(rows.columns))
