@@ -458,12 +458,17 @@ class TrainConf:
     flip_labels: list[str] = dataclasses.field(default_factory=list)
     features_version: int | None = None  # None: the latest version of the features table
     window_days: int | None = None  # train on the N days up to run.ds; None: every stored day
+    # Start from an earlier model's weights: "champion" or a model version (its embedding rows
+    # for the values it knew, the rest as initialised); None: from scratch.
+    warm_start: str | None = None
     model_version: str | None = None  # None: "<model>-<run.ds>-<UTC time>"
     plots: bool = True
 
     def __post_init__(self) -> None:
         if self.model_version is not None:
             check_name("train.model_version", self.model_version)
+        if self.warm_start is not None:
+            check_name("train.warm_start", self.warm_start)
         if not 0.0 <= self.ema < 1.0:
             raise ConfigError(f"train.ema: {self.ema} must be in [0, 1) (0: off, e.g. 0.999)")
         negative = {d: w for d, w in self.domain_loss_weights.items() if not w >= 0}

@@ -284,6 +284,11 @@ def train_model(
     device = device_of(cfg, getattr(backend, "local_rank", 0))
     torch.manual_seed(cfg.train.seed)
     model = build_model(inputs.spec, cfg.model)
+    if cfg.train.warm_start:
+        from cdtm.train.warm import warm_source, warm_start
+
+        source = warm_source(Path(cfg.artifacts.root), cfg.train.warm_start)
+        warm_start(model, inputs.spec, trained_vocab(inputs), source)
     reader = reader_conf(cfg, inputs.spec)
     data = LakeData(inputs, reader, backend.rank, backend.size)
     root = Path(cfg.artifacts.root)

@@ -152,3 +152,74 @@ def test_rebuild_reindexes_every_stored_day_in_one_commit(spark, tmp_path: Path)
     gens = day_generations(lake.root, lake.version("features"))
     assert set(gens) == set(DAYS[:2]) and len(set(gens.values())) == 1
     resolve_inputs(config(tmp_path, DAYS[1]))  # one generation: training accepts the days
+
+
+def test_an_older_model_scores_a_newer_day_and_seeds_the_next_one(spark, tmp_path: Path) -> None:
+    """A model trained before new users arrived scores their rows as out-of-vocabulary (never
+    out of range); the next model warm-starts from its rows for the values it knew."""
+    import numpy as np
+    import torch
+
+    from cdtm.champion import promote
+    from cdtm.data.batch import Batch
+    from cdtm.scoring import score_day
+    from cdtm.spec import OOV_INDEX
+    from cdtm.train.artifacts import load_artifact
+    from cdtm.train.launch import launch
+    from feature_etl.etl import run_etl
+
+    (tmp_path / "in").mkdir()
+    train = [
+        f"artifacts.root={tmp_path / 'art'}",
+        "train.backend=single",
+        "train.max_epochs=1",
+        "train.plots=false",
+        "train.batch_size=128",
+        "tracking.enabled=false",
+    ]
+    write_day(tmp_path / "in", DAYS[0], 1)
+    run_etl(spark, config(tmp_path, DAYS[0]))
+    old = launch(None, config(tmp_path, DAYS[0], *train)).model_version
+    promote(config(tmp_path, DAYS[0], *train), old, "test")
+    write_day(tmp_path / "in", DAYS[1], 2)
+    run_etl(spark, config(tmp_path, DAYS[1]))
+
+    lake = Lake(str(tmp_path / "lake"))
+    model, spec, _ = load_artifact(tmp_path / "art" / old)
+    sizes = np.array([f.vocab_size for f in spec.fields])
+    report = score_day(spark, config(tmp_path, DAYS[1], *train, "scoring.model=champion"))
+    rows = (
+        lake.read(spark, "features")
+        .where(f"ds = '{DAYS[1]}'")
+        .join(lake.read(spark, "scores").select("row_id", "score"), "row_id")
+        .toPandas()
+    )
+    assert report.rows == len(rows) == 300
+    fields = rows[[f.column for f in spec.fields]].to_numpy()
+    unseen = fields >= sizes
+    assert unseen[:, 0].sum() >= 100  # day 2's new users: beyond the model's uid table
+    batch = Batch(
+        domain=torch.tensor(rows["domain"].to_numpy(), dtype=torch.long),
+        label=torch.zeros(len(rows)),
+        fields=torch.tensor(np.where(unseen, OOV_INDEX, fields), dtype=torch.long),
+        dense=torch.tensor(rows[[d.column for d in spec.dense]].to_numpy(), dtype=torch.float32),
+        row_id=torch.zeros(len(rows), dtype=torch.long),
+    )
+    with torch.no_grad():
+        expected = torch.sigmoid(model(batch)).double().numpy()
+    np.testing.assert_allclose(rows["score"].to_numpy(), expected, rtol=1e-5)
+
+    # lr 0: the warm-started model is exactly where it started.
+    new = launch(
+        None,
+        config(tmp_path, DAYS[1], *train, "train.warm_start=champion", "train.lr=0"),
+    ).model_version
+    before, after = model.state_dict(), load_artifact(tmp_path / "art" / new)[0].state_dict()
+    grown = 0
+    for name, t in before.items():
+        n = t.shape[0] if t.dim() else 0
+        if after[name].shape != t.shape:
+            grown += 1
+            assert after[name].shape[0] > n
+        torch.testing.assert_close(after[name][:n] if t.dim() else after[name], t)
+    assert grown >= 2  # the uid tables grew and kept their older rows
