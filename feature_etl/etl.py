@@ -356,6 +356,9 @@ def run_etl(spark: SparkSession, cfg: Config) -> EtlReport:
             # day could leave a Horovod rank without rows (the ETL's files are sized by
             # etl.output_partitions instead).
             compact=False,
+            # A field or dense feature added to the dataset spec adds its column; older days
+            # read it as absent (index 0, dense 0). A removed one is refused by name.
+            evolve=True,
             mode="overwrite" if stored is not None else "overwrite_day",
             partition_by=["ds"],
             ds=ds,

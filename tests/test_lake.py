@@ -114,6 +114,40 @@ def test_schema_mismatch_fails_and_table_unchanged(spark, tmp_path: Path) -> Non
     assertDataFrameEqual(lake.read_table(spark, root), df)
 
 
+@pytest.mark.parametrize("engine", ["delta-rs", "spark"])
+def test_evolve_adds_columns_and_refuses_a_removed_or_retyped_one(
+    spark, tmp_path: Path, engine: str
+) -> None:
+    root = str(tmp_path / "t")
+
+    def write(df, ds: str) -> None:  # noqa: ANN001
+        lake.write_table(
+            spark,
+            df,
+            root,
+            mode="overwrite_day",
+            partition_by=["ds"],
+            ds=ds,
+            engine=engine,
+            evolve=True,
+        )
+
+    write(day_frame(spark, "2024-01-01", 10), "2024-01-01")
+    # A new column, placed anywhere in the DataFrame, joins the table last.
+    grown = day_frame(spark, "2024-01-02", 10, offset=10).withColumn("new", F.lit(7))
+    write(grown.select("new", *grown.columns[:-1]), "2024-01-02")
+    back = lake.read_table(spark, root)
+    assert back.columns == ["ds", "id", "k", "s", "x", "new"]
+    per_day = {r["ds"]: r["n"] for r in back.groupBy("ds").agg(F.sum("new").alias("n")).collect()}
+    assert per_day == {"2024-01-01": None, "2024-01-02": 70}  # older rows read null
+    version = lake.table_version(root)
+    with pytest.raises(lake.SchemaMismatchError, match=r"columns \['s'\] of the table are not"):
+        write(grown.drop("s"), "2024-01-02")
+    with pytest.raises(lake.SchemaMismatchError, match=r"column 'k': table has int32"):
+        write(grown.withColumn("k", F.col("k").cast("long")), "2024-01-02")
+    assert lake.table_version(root) == version
+
+
 def test_create_mode_refuses_existing_table(spark, tmp_path: Path) -> None:
     root = str(tmp_path / "t")
     lake.write_table(

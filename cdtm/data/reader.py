@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
+import pyarrow as pa
 import torch
 
 from cdtm.data.batch import Batch
@@ -97,6 +98,8 @@ class FeatureReader:
         self.cur_shard, self.shard_count = cur_shard, shard_count
         self.filtered = filtered
         self.columns = ["domain", "label", "split", "row_id", *spec.columns]
+        self._dense = {d.column for d in spec.dense}
+        self._groups: list[tuple[list[str], list[str]]] | None = None
 
     def _row_groups(self, seed: int | None) -> Iterator[dict[str, np.ndarray]]:
         from petastorm import make_batch_reader
@@ -113,21 +116,56 @@ class FeatureReader:
         # One worker thread reads ahead and keeps the seeded order. Petastorm's "dummy" pool
         # would read in this thread, but it polls its queue with 0.1 s sleeps: 8x slower here.
         kwargs.update(reader_pool_type="thread", workers_count=max(self.conf.workers, 1))
-        with make_batch_reader(self.files, **kwargs) as reader:
-            for group in reader:
-                cols = group._asdict()
-                keep = (
-                    cols["split"] == self.split
-                    if self.split is not None
-                    else np.ones(len(cols["split"]), bool)
-                )
-                if self.filtered:
-                    keep &= keep_mask(cols, self.conf)
-                    if self.conf.flipped_labels:
-                        flip = np.isin(cols["domain"], self.conf.flipped_labels)
-                        cols["label"] = np.where(flip, 1 - cols["label"], cols["label"])
-                if keep.any():
-                    yield {c: v[keep] for c, v in cols.items() if c != "split"}
+        groups = self._schema_groups()
+        if shuffle and len(groups) > 1:
+            groups = [groups[i] for i in np.random.default_rng(seed).permutation(len(groups))]
+        for files, missing in groups:
+            kwargs["schema_fields"] = [c for c in self.columns if c not in missing]
+            with make_batch_reader(files, **kwargs) as reader:
+                for group in reader:
+                    cols = group._asdict()
+                    n = len(cols["label"])
+                    for c in missing:  # a column added after these files: absent / 0
+                        cols[c] = np.zeros(n, np.float32 if c in self._dense else np.int64)
+                    kept = self._keep(cols)
+                    if kept is not None:
+                        yield kept
+
+    def _keep(self, cols: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """The rows of this reader's split (and filters) of one row group; None if none."""
+        keep = (
+            cols["split"] == self.split
+            if self.split is not None
+            else np.ones(len(cols["split"]), bool)
+        )
+        if self.filtered:
+            keep &= keep_mask(cols, self.conf)
+            if self.conf.flipped_labels:
+                flip = np.isin(cols["domain"], self.conf.flipped_labels)
+                cols["label"] = np.where(flip, 1 - cols["label"], cols["label"])
+        if not keep.any():
+            return None
+        return {c: v[keep] for c, v in cols.items() if c != "split"}
+
+    def _schema_groups(self) -> list[tuple[list[str], list[str]]]:
+        """The files by the reader's columns they lack (a field added to the table after
+        they were written), read from their Parquet footers once; a footer that cannot be
+        read counts as having every column."""
+        if self._groups is None:
+            import pyarrow.fs as pafs
+            import pyarrow.parquet as pq
+
+            by_missing: dict[tuple[str, ...], list[str]] = {}
+            for f in self.files:
+                try:
+                    fs, path = pafs.FileSystem.from_uri(f)
+                    names = set(pq.read_schema(path, filesystem=fs).names)
+                    missing = tuple(c for c in self.columns if c not in names)
+                except (OSError, ValueError, pa.ArrowException):
+                    missing = ()
+                by_missing.setdefault(missing, []).append(f)
+            self._groups = [(files, list(m)) for m, files in by_missing.items()]
+        return self._groups
 
     def _to_batch(self, cols: dict[str, np.ndarray]) -> Batch:
         cat = [self.spec.fields[i].column for i in range(len(self.spec.fields))]

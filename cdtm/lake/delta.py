@@ -73,8 +73,12 @@ def write_table(
     transform: Callable[[Iterable[pa.RecordBatch]], Iterable[pa.RecordBatch]] | None = None,
     transform_schema: str | None = None,
     table_name: str | None = None,
+    evolve: bool = False,
 ) -> WriteResult:
     """Write ``df`` to the Delta table at ``root`` as one commit.
+
+    ``evolve``: the table's schema may grow by the columns ``df`` adds (older rows read them as
+    null); a column of the table that ``df`` lacks, or holds with another type, is refused.
 
     ``overwrite_day`` replaces the partition ``ds`` (and fails if a row belongs to another
     day); ``overwrite`` replaces the whole table; ``create`` fails if the table exists.
@@ -100,6 +104,8 @@ def write_table(
     if mode == "overwrite_day":
         if ds is None or partition_by != ["ds"]:
             raise LakeError(f"{root}: overwrite_day needs ds= and partition_by=['ds']")
+    if evolve and table_exists(root):
+        df = _in_table_order(df, root)
     if transform is not None:
         if transform_schema is None:
             raise LakeError(f"{root}: a transform needs its output schema (transform_schema)")
@@ -117,6 +123,7 @@ def write_table(
             commit_retries=commit_retries,
             metadata=commit_metadata,
             table_name=table_name,
+            evolve=evolve,
         )
 
     from pyspark.sql.pandas.types import to_arrow_schema
@@ -131,7 +138,7 @@ def write_table(
     if exists and mode == "create":
         raise LakeError(f"{root}: table already exists (mode=create)")
     if exists:
-        _check_schema(root, schema, partition_by)
+        _check_schema(root, schema, partition_by, evolve)
 
     local = "://" not in root
     if local:
@@ -172,6 +179,7 @@ def write_table(
                 exists=exists,
                 metadata=commit_metadata,
                 read_version=read_version,
+                evolve=evolve,
             )
             break
         except (CommitFailedError, DeltaError) as e:
@@ -209,6 +217,7 @@ def _commit(
     exists: bool,
     metadata: Mapping[str, Any] | None = None,
     read_version: int | None = None,
+    evolve: bool = False,
 ) -> None:
     props = (
         CommitProperties(
@@ -234,6 +243,12 @@ def _commit(
         return
     table = DeltaTable(root, version=read_version)
     delta_schema = table.schema()  # the table's own (with its comments): names and types checked
+    if evolve and len(schema) > len(delta_schema.fields):
+        grown = pa.schema(delta_schema.to_arrow())
+        for f in schema:
+            if f.name not in grown.names:
+                grown = grown.append(f)
+        delta_schema = Schema.from_arrow(grown)
     actions: list[AddAction | RemoveAction] = list(adds)
     if mode == "append":
         table.create_write_transaction(
@@ -262,11 +277,29 @@ def _commit(
         )
 
 
-def _check_schema(root: str, schema: pa.Schema, partition_by: list[str]) -> None:
+def _in_table_order(df: DataFrame, root: str) -> DataFrame:
+    """``df``'s columns in the table's order, the ones it adds last; a table column that
+    ``df`` lacks is refused by name (a column is never removed: older days hold it)."""
+    have = [f.name for f in pa.schema(DeltaTable(root).schema().to_arrow())]
+    missing = [c for c in have if c not in df.columns]
+    if missing:
+        raise SchemaMismatchError(
+            f"{root}: columns {missing} of the table are not in this write, nothing written: "
+            "a column is never removed (older days hold it). Keep the field in the dataset "
+            "spec (a field a model no longer wants can stay in the table)."
+        )
+    return df.select(*have, *[c for c in df.columns if c not in have])
+
+
+def _check_schema(
+    root: str, schema: pa.Schema, partition_by: list[str], evolve: bool = False
+) -> None:
     table = DeltaTable(root)
     current = pa.schema(table.schema().to_arrow())
     have = [(f.name, f.type) for f in current]
     want = [(f.name, f.type) for f in schema]
+    if evolve:  # the columns the write adds join the table; the table's own must match
+        want = [(n, t) for n, t in want if n in dict(have)]
     table_parts = list(table.metadata().partition_columns)
     problems = []
     if table_parts != partition_by:
@@ -327,6 +360,7 @@ def _write_spark(
     commit_retries: int,
     metadata: Mapping[str, Any] | None,
     table_name: str | None,
+    evolve: bool = False,
 ) -> WriteResult:
     from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -336,7 +370,7 @@ def _write_spark(
     if exists and mode == "create":
         raise LakeError(f"{root}: table already exists (mode=create)")
     if exists:
-        _check_schema(root, to_arrow_schema(df.schema), partition_by)
+        _check_schema(root, to_arrow_schema(df.schema), partition_by, evolve)
     else:
         df = _with_comments(df, name)
     df = spark_delta.hold_before_commit(df, name)
@@ -354,6 +388,7 @@ def _write_spark(
                 table_name=table_name,
                 comment=doc.comment if doc else None,
                 properties=properties(name),
+                merge_schema=evolve,
             )
             break
         except Exception as e:

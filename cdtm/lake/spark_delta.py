@@ -106,9 +106,11 @@ def write(
     table_name: str | None,
     comment: str | None,
     properties: Mapping[str, str],
+    merge_schema: bool = False,
 ) -> None:
     """One Delta commit through Spark. A table that does not exist yet is created with its
-    comment and properties, and registered as ``table_name`` when one is given."""
+    comment and properties, and registered as ``table_name`` when one is given.
+    ``merge_schema``: the columns ``df`` adds join the table's schema."""
     from pyspark.sql import functions as F
 
     user_metadata = json.dumps(dict(metadata), sort_keys=True) if metadata else None
@@ -135,6 +137,8 @@ def write(
                 out = out.option(key, value)
     if user_metadata:
         out = out.option("userMetadata", user_metadata)
+    if merge_schema:
+        out = out.option("mergeSchema", "true")
     if mode == "overwrite_day":
         out = out.mode("overwrite").option("replaceWhere", f"ds = '{ds}'")
     else:

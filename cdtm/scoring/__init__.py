@@ -138,19 +138,21 @@ def _from_registry(cfg: Config, alias: str) -> Path:
 
 
 def check_spec(model_spec: FeatureSpec, lake_spec: FeatureSpec, artifact: Path) -> None:
-    """The model must have been trained on the same domains, fields and dense features, with
-    vocabularies no larger than the lake's (a vocabulary only grows; ``check_vocab`` then
-    checks the values)."""
+    """The model must have been trained on the same domains, on fields and dense features the
+    lake still has (it may have more: a field added since is not read), with vocabularies no
+    larger than the lake's (a vocabulary only grows; ``check_vocab`` then checks the values)."""
     problems = []
     if model_spec.domains != lake_spec.domains:
         problems.append(f"domains {list(model_spec.domains)} vs {list(lake_spec.domains)}")
     model_fields = {f.name: f.vocab_size for f in model_spec.fields}
     lake_fields = {f.name: f.vocab_size for f in lake_spec.fields}
-    if model_fields.keys() != lake_fields.keys():
-        problems.append(f"fields {sorted(model_fields)} vs {sorted(lake_fields)}")
+    if not model_fields.keys() <= lake_fields.keys():
+        problems.append(
+            f"fields {sorted(model_fields.keys() - lake_fields.keys())} not in the lake"
+        )
     elif any(model_fields[f] > lake_fields[f] for f in model_fields):
         problems.append(f"vocabulary sizes {model_fields} above the lake's {lake_fields}")
-    if [d.name for d in model_spec.dense] != [d.name for d in lake_spec.dense]:
+    if not {d.name for d in model_spec.dense} <= {d.name for d in lake_spec.dense}:
         problems.append("dense features differ")
     if problems:
         raise ScoringError(
@@ -235,7 +237,10 @@ def score_day(spark: SparkSession, cfg: Config) -> ScoreReport:
         raise ScoringError(
             f"{cfg.scoring.table} lacks columns {missing} that model {artifact.name} needs"
         )
-    report = write_scores(spark, cfg, lake, artifact, rows.select(*needed))
+    # A column added to the table after some days were written reads as null in those days:
+    # absent (index 0) for a field, 0 for a dense feature, as the ETL writes them.
+    absent = [F.coalesce(F.col(c), F.lit(0)).alias(c) for c in model_spec.columns]
+    report = write_scores(spark, cfg, lake, artifact, rows.select(*needed[:5], *absent))
     if cfg.scoring.evaluate and "label" in rows.columns:
         report = dataclasses.replace(report, **evaluation(lake, cfg.scoring.table, ds, model_spec))
     return report
