@@ -167,6 +167,8 @@ def challenge(cfg: Config, challenger: str | None) -> Promotion:
         return result(
             current, False, None, None, "no challenger trained tonight (pipeline.train=reuse)"
         )
+    if challenger == current:
+        return result(current, False, None, None, f"{challenger} is the champion already")
     _, _, data = load_artifact(root / challenger)
     pinned = dataclasses.replace(cfg.train, features_version=int(data["versions"]["features"]))
     inputs = resolve_inputs(dataclasses.replace(cfg, train=pinned))

@@ -25,6 +25,7 @@ from cdtm.cli import DEFAULT_CONFIGS, parser, run_job, setup_logging
 from cdtm.config import ConfigError, load_config
 from cdtm.experiments import (
     ALL_MODELS,
+    Variant,
     benchmark_variants,
     beyond_real_variants,
     beyond_variants,
@@ -156,6 +157,18 @@ def run_dataset(args, p, configs, cfg, name, synthetic, seeds, split_seed, model
             print(run_etl(spark, etl_cfg).summary(), file=sys.stderr)
         return lake
 
+    def only(variants: list[Variant]) -> list[Variant]:
+        """The variants ``--only`` names (all without it); an unknown name stops the run."""
+        if not args.only:
+            return variants
+        keep = set(args.only.split(","))
+        known = {v.experiment.split(":", 1)[-1] for v in variants}
+        if keep - known:
+            p.error(
+                f"--only: no experiment {sorted(keep - known)} for {name} (known: {sorted(known)})"
+            )
+        return [v for v in variants if v.experiment.split(":", 1)[-1] in keep]
+
     if args.experiment == "benchmark":
         try:
             variants = benchmark_variants(models, args.variant)
@@ -172,25 +185,23 @@ def run_dataset(args, p, configs, cfg, name, synthetic, seeds, split_seed, model
         ]
     else:
         domains = domain_names(dataset_of(cfg))
+        fraction = 1.0 if synthetic else args.fraction
+
+        def paper(target: str) -> list[Variant]:
+            return [
+                dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
+                for v in paper_variants(domains, target, fraction, models)
+            ]
+
+        only(paper(domains[-1]))  # the names do not depend on the target: checked before an ETL
         if args.target is not None and args.target in domains:
             target = args.target
         elif synthetic:
             target = domains[-1]
         else:
             target = smallest_domain(lake_for((), ""), domains)
-        fraction = 1.0 if synthetic else args.fraction
-        variants = [
-            dataclasses.replace(v, experiment=f"{name}:{v.experiment}")
-            for v in paper_variants(domains, target, fraction, models)
-        ]
-    if args.only:
-        keep = set(args.only.split(","))
-        known = {v.experiment.split(":", 1)[-1] for v in variants}
-        if keep - known:
-            p.error(
-                f"--only: no experiment {sorted(keep - known)} for {name} (known: {sorted(known)})"
-            )
-        variants = [v for v in variants if v.experiment.split(":", 1)[-1] in keep]
+        variants = paper(target)
+    variants = only(variants)
     # One lake per distinct data setting (most variants share the data set's own).
     for data, data_name in {v.data: v.data_name for v in variants}.items():
         lake = lake_for(data, data_name)

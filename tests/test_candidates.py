@@ -152,3 +152,23 @@ def test_candidates_are_validated_indexed_with_the_models_vocabulary_and_scored(
         expected = float(torch.sigmoid(model(batch))[0])
     assert scores[("u3", "home")] == pytest.approx(expected, rel=1e-5)
     assert not np.isclose(scores[("u3", "home")], scores[("newbie", "home")], rtol=0, atol=1e-9)
+
+    # The same candidates from a Delta table that holds two days: only run.ds's are scored.
+    table = str(tmp_path / "cand_delta")
+    rows = spark.read.option("header", True).csv(str(cand))
+    both = rows.withColumn("ds", F.lit(DS)).unionByName(rows.withColumn("ds", F.lit("2024-09-02")))
+    both.write.format("delta").save(table)
+    cfg = config(
+        tmp_path,
+        f"scoring.model={version}",
+        f"scoring.candidates={{format: delta, path: '{table}'}}",
+        promo=True,
+    )
+    again = score_candidates(spark, cfg)
+    assert again.input_rows == 8 and again.rejected == report.rejected
+    rescored = {
+        (r["user_key"], r["domain"]): r["score"]
+        for r in lake.read(spark, "scores").where(F.col("ds") == DS).collect()
+    }
+    assert rescored.keys() == scores.keys()
+    assert all(rescored[k] == pytest.approx(scores[k]) for k in scores)

@@ -121,6 +121,19 @@ def test_only_refuses_an_experiment_name_it_does_not_know(tmp_path: Path) -> Non
     assert not (tmp_path / "results.json").exists()
 
 
+def test_paper_checks_only_before_it_builds_a_lake(movielens_dir: Path, tmp_path: Path) -> None:
+    """On real data the target is found in the lake the ETL builds: a typo in --only must stop
+    the run before that ETL."""
+    import pytest
+
+    from jobs.experiment import main
+
+    with pytest.raises(SystemExit) as e:
+        main(["paper", "--out", str(tmp_path), "--datasets", "movielens-100k", "--only", "tsk1"])
+    assert e.value.code == 2
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_beyond_variants_answer_the_four_open_questions() -> None:
     from cdtm.experiments import beyond_variants
 

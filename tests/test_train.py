@@ -385,6 +385,17 @@ def test_mlflow_tracks_params_metrics_artifact_and_registers(
         want = torch.sigmoid(model(batch_from_pandas(example, spec))).numpy()
     assert np.allclose(np.asarray(got), want, atol=1e-6)
 
+    # Promoting the model points the registered model's champion alias at its version.
+    from cdtm.champion import promote
+    from cdtm.scoring import resolve_artifact
+
+    promote(cfg, "tracked", "test")
+    assert str(client.get_model_version_by_alias("cdtm-test", "champion").version) == "1"
+    alias = dataclasses.replace(
+        cfg, scoring=dataclasses.replace(cfg.scoring, model="alias:champion")
+    )
+    assert resolve_artifact(alias).resolve() == result.artifact.resolve()
+
 
 def test_a_tracking_failure_keeps_the_model_and_says_so(synthetic_lake, tmp_path: Path) -> None:
     from cdtm.train.launch import launch
