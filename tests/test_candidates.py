@@ -172,3 +172,16 @@ def test_candidates_are_validated_indexed_with_the_models_vocabulary_and_scored(
     }
     assert rescored.keys() == scores.keys()
     assert all(rescored[k] == pytest.approx(scores[k]) for k in scores)
+
+    # And from a metastore table over it.
+    spark.sql(f"CREATE TABLE IF NOT EXISTS candidates_t USING DELTA LOCATION '{table}'")
+    try:
+        cfg = config(
+            tmp_path,
+            f"scoring.model={version}",
+            "scoring.candidates={format: table, table: candidates_t}",
+            promo=True,
+        )
+        assert score_candidates(spark, cfg).rows == report.rows
+    finally:
+        spark.sql("DROP TABLE IF EXISTS candidates_t")
