@@ -55,6 +55,17 @@ DOCS: dict[str, TableDoc] = {
             "raw": "the row as it came",
         },
     ),
+    "candidate_rejects": TableDoc(
+        "Quarantined candidate rows (scoring.candidates) with the reason each was rejected",
+        "feature_etl.candidates (jobs/score.py, jobs/pipeline.py)",
+        {
+            "ds": _DS,
+            "reason": "reject reason code (README: reject reason codes; domain_not_in_model)",
+            "field": "the field that broke the rule",
+            "source_file": "the input the row came from",
+            "raw": "the row as it came",
+        },
+    ),
     "vocab": TableDoc(
         "Vocabulary of every categorical field: value -> index",
         "feature_etl (jobs/etl.py)",
