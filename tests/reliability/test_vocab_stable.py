@@ -223,3 +223,22 @@ def test_an_older_model_scores_a_newer_day_and_seeds_the_next_one(spark, tmp_pat
             assert after[name].shape[0] > n
         torch.testing.assert_close(after[name][:n] if t.dim() else after[name], t)
     assert grown >= 2  # the uid tables grew and kept their older rows
+
+
+def test_warm_start_refuses_a_rebuilt_vocabulary(tmp_path: Path) -> None:
+    from cdtm.train.artifacts import VOCAB_FILE
+    from cdtm.train.warm import WarmStartError, _check_prefix
+
+    def table(pairs: list[tuple[str, int]]) -> pa.Table:
+        return pa.table(
+            {
+                "field": ["uid"] * len(pairs),
+                "value": [v for v, _ in pairs],
+                "index": pa.array([i for _, i in pairs], pa.int64()),
+            }
+        )
+
+    pq.write_table(table([("u1", 2), ("u2", 3)]), tmp_path / VOCAB_FILE)
+    _check_prefix(tmp_path, table([("u1", 2), ("u2", 3), ("u3", 4)]))  # extended: fine
+    with pytest.raises(WarmStartError, match=r"2 values .* uid='u1': 2 -> 3.*rebuilt"):
+        _check_prefix(tmp_path, table([("u2", 2), ("u1", 3)]))
