@@ -88,7 +88,8 @@ def _field_counts(
     ).to_pylist()
     out: dict[tuple[str, int], dict[int, int]] = {}
     for r in rows:
-        out.setdefault((r["ds"], int(r["domain"])), {})[int(r["v"])] = int(r["n"])
+        # A field added after a day was written reads null there: absent, index 0.
+        out.setdefault((r["ds"], int(r["domain"])), {})[int(r["v"] or 0)] = int(r["n"])
     return out
 
 
@@ -136,7 +137,8 @@ def drift_report(
     out: dict[str, dict[str, Any]] = {}
     for i, name in enumerate(spec.domains):
         reasons: list[str] = []
-        v_ratio = _ratio(volume.get((ds, i)), [volume.get((d, i), 0) for d in before])
+        today = volume.get((ds, i), 0) if ds in stored else None  # a domain gone: 0
+        v_ratio = _ratio(today, [volume.get((d, i), 0) for d in before])
         c_ratio = _ratio(ctr.get((ds, i)), [ctr[(d, i)] for d in before if (d, i) in ctr])
         for key, r in (("volume", v_ratio), ("ctr", c_ratio)):
             if r is not None and not 1 / conf.ratio_limit <= r <= conf.ratio_limit:

@@ -102,6 +102,16 @@ def test_a_field_added_later_reads_as_absent_in_older_days(spark, tmp_path: Path
     report = score_day(spark, config(tmp_path, DAYS[0], new_spec, f"scoring.model={new_model}"))
     assert report.rows == 400
 
+    # Drift reads the older day's missing column as absent: the new field shows as a shift.
+    from cdtm.config import DriftConf
+    from cdtm.drift import drift_report
+
+    drift = drift_report(str(tmp_path / "lake"), inputs.spec, DAYS[1], DriftConf())
+    assert drift["home"]["volume_ratio"] == pytest.approx(1.0)
+    assert drift["home"]["field_psi"]["tags"] > 1.0 and drift["home"]["flagged"]
+    assert drift["home"]["field_psi"]["uid"] == pytest.approx(0.0)
+    assert drift["home"]["score_psi"] is not None
+
     # Removing a field from the spec would drop a column older days hold: refused by name.
     version = lake.version("features")
     with pytest.raises(SchemaMismatchError, match=r"columns \['f_query'\] of the table"):
