@@ -14,11 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
 import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cdtm.config import Config
@@ -34,6 +34,7 @@ from cdtm.train.artifacts import (
     write_champion_history,
 )
 from cdtm.train.job import TrainInputs, reader_conf, resolve_inputs
+from cdtm.train.loop import predict
 
 log = logging.getLogger(__name__)
 ALIAS = "champion"
@@ -134,20 +135,15 @@ def validation_auc(cfg: Config, artifact: Path, inputs: TrainInputs) -> float | 
     files, rows = inputs.reader_args("valid")
     reader = FeatureReader(files, spec, rows, reader_conf(cfg, spec))
     sizes = torch.tensor([f.vocab_size for f in spec.fields], dtype=torch.long)
-    labels, probs, domains = [], [], []
-    with torch.no_grad():
-        for b in reader.batches(None):
-            b = dataclasses.replace(b, fields=torch.where(b.fields >= sizes, OOV_INDEX, b.fields))
-            probs.append(torch.sigmoid(model(b)).double().numpy())
-            labels.append(b.label.numpy())
-            domains.append(b.domain.numpy())
-    if not labels:
+    batches = (
+        dataclasses.replace(b, fields=torch.where(b.fields >= sizes, OOV_INDEX, b.fields))
+        for b in reader.batches(None)
+    )
+    labels, probs, domains = predict(model, batches, torch.device("cpu"))
+    if not len(labels):
         return None
     metric = cfg.train.early_stop_domain or "pooled"
-    out = ctr_metrics(
-        np.concatenate(labels), np.concatenate(probs), np.concatenate(domains), spec.domains
-    )
-    return out["auc"][metric]
+    return ctr_metrics(labels, probs, domains, spec.domains)["auc"][metric]
 
 
 def challenge(cfg: Config, challenger: str | None) -> Promotion:
@@ -169,7 +165,7 @@ def challenge(cfg: Config, challenger: str | None) -> Promotion:
         )
     if challenger == current:
         return result(current, False, None, None, f"{challenger} is the champion already")
-    _, _, data = load_artifact(root / challenger)
+    data = json.loads((root / challenger / "data.json").read_text())
     pinned = dataclasses.replace(cfg.train, features_version=int(data["versions"]["features"]))
     inputs = resolve_inputs(dataclasses.replace(cfg, train=pinned))
     challenger_auc = validation_auc(cfg, root / challenger, inputs)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 SPEC_COLUMNS = "kind string, name string, position int, column string, domains array<string>, transferable boolean, size long, min double, max double"
 
@@ -206,3 +209,15 @@ def published_versions(lake_root: str, features_version: int) -> dict[str, int]:
         elif lake.exists(table):
             out[table] = lake.version(table)
     return out
+
+
+def moved_values(model: pd.DataFrame, lake: pd.DataFrame) -> pd.DataFrame:
+    """The (field, value, index) rows of a model's vocabulary that the lake's vocabulary lacks
+    or holds at another index (``lake_index``: NaN where it lacks them), in the model's order.
+    Empty: the model's vocabulary is a prefix of the lake's, by value."""
+    joined = model[["field", "value", "index"]].merge(
+        lake[["field", "value", "index"]].rename(columns={"index": "lake_index"}),
+        on=["field", "value"],
+        how="left",
+    )
+    return joined[joined["lake_index"].isna() | (joined["lake_index"] != joined["index"])]

@@ -17,7 +17,6 @@ from pathlib import Path
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
-from pyspark.sql.window import Window
 
 from cdtm.config import CandidatesConf, Config, DatasetConf, resolve_path
 from cdtm.lake import Lake
@@ -30,7 +29,7 @@ from cdtm.scoring import (
 )
 from cdtm.spec import FeatureSpec
 from cdtm.train.artifacts import VOCAB_FILE
-from feature_etl.etl import dataset_of, to_rejects
+from feature_etl.etl import dataset_of, row_id, to_rejects
 from feature_etl.sources import _check_exists, _join_side, _with_meta, read_events
 from feature_etl.validate import REASONS, validate
 from feature_etl.vocab import apply_vocab
@@ -130,10 +129,9 @@ def score_candidates(spark: SparkSession, cfg: Config) -> ScoreReport:
         accepted = apply_vocab(
             checked.where(F.col("_reason").isNull()), _vocab(spark, artifact, spec), model_fields
         )
-        occurrence = F.row_number().over(Window.partitionBy("_raw").orderBy("_file"))
         rows = accepted.select(
             F.lit(ds).alias("ds"),
-            F.xxhash64("_raw", occurrence).alias("row_id"),
+            row_id(),
             F.col("domain").cast("int"),
             "user_key",
             "item_key",

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pyspark import StorageLevel
-from pyspark.sql import DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 
 from cdtm.config import Config, DatasetConf
@@ -135,13 +135,18 @@ def feature_spec(dataset: DatasetConf, sizes: Mapping[str, int]) -> FeatureSpec:
     )
 
 
+def row_id() -> Column:
+    """A hash of the raw row; identical raw lines are distinct events: their rank among equals
+    makes it unique."""
+    occurrence = F.row_number().over(Window.partitionBy("_raw").orderBy("_file"))
+    return F.xxhash64("_raw", occurrence).alias("row_id")
+
+
 def to_features(df: DataFrame, dataset: DatasetConf, ds: str) -> DataFrame:
     """The ``features`` table's columns, in order."""
-    # Identical raw lines are distinct events: their rank among equals makes row_id unique.
-    occurrence = F.row_number().over(Window.partitionBy("_raw").orderBy("_file"))
     return df.select(
         F.lit(ds).alias("ds"),
-        F.xxhash64("_raw", occurrence).alias("row_id"),
+        row_id(),
         F.col("domain").cast("int"),
         F.col("label").cast("int"),
         "split",

@@ -11,6 +11,7 @@ determined by the seed (what checkpoint resume relies on).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -36,6 +37,20 @@ def quiet_petastorm() -> None:
 
 
 quiet_petastorm()
+
+
+@functools.lru_cache(maxsize=65536)
+def file_columns(url: str) -> frozenset[str] | None:
+    """The columns of a Parquet file, from its footer, read once per process (a Delta data
+    file never changes); None where the footer cannot be read (then: every column)."""
+    import pyarrow.fs as pafs
+    import pyarrow.parquet as pq
+
+    try:
+        fs, path = pafs.FileSystem.from_uri(url)
+        return frozenset(pq.read_schema(path, filesystem=fs).names)
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,20 +164,12 @@ class FeatureReader:
 
     def _schema_groups(self) -> list[tuple[list[str], list[str]]]:
         """The files by the reader's columns they lack (a field added to the table after
-        they were written), read from their Parquet footers once; a footer that cannot be
-        read counts as having every column."""
+        they were written)."""
         if self._groups is None:
-            import pyarrow.fs as pafs
-            import pyarrow.parquet as pq
-
             by_missing: dict[tuple[str, ...], list[str]] = {}
             for f in self.files:
-                try:
-                    fs, path = pafs.FileSystem.from_uri(f)
-                    names = set(pq.read_schema(path, filesystem=fs).names)
-                    missing = tuple(c for c in self.columns if c not in names)
-                except (OSError, ValueError, pa.ArrowException):
-                    missing = ()
+                names = file_columns(f)
+                missing = tuple(c for c in self.columns if names is not None and c not in names)
                 by_missing.setdefault(missing, []).append(f)
             self._groups = [(files, list(m)) for m, files in by_missing.items()]
         return self._groups

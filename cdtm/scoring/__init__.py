@@ -18,7 +18,7 @@ import pandas as pd
 from cdtm.config import Config, ConfigError, check_name
 from cdtm.lake import Lake
 from cdtm.scoring.executor import SCORE_COLUMNS, score_batches
-from cdtm.spec import FeatureSpec, published_versions, read_feature_spec
+from cdtm.spec import FeatureSpec, moved_values, published_versions, read_feature_spec
 from cdtm.train.artifacts import (
     VOCAB_FILE,
     ArtifactError,
@@ -174,10 +174,9 @@ def check_vocab(artifact: Path, lake: Lake, vocab_version: int) -> None:
 
     model = pq.read_table(path).to_pandas()
     stored = lake.query(
-        'SELECT field, value, "index" AS lake_index FROM vocab', ["vocab"], {"vocab": vocab_version}
+        'SELECT field, value, "index" FROM vocab', ["vocab"], {"vocab": vocab_version}
     ).to_pandas()
-    joined = model.merge(stored, on=["field", "value"], how="left")
-    bad = joined[joined["lake_index"].isna() | (joined["lake_index"] != joined["index"])]
+    bad = moved_values(model, stored)
     if len(bad):
         examples = ", ".join(
             f"{r.field}={r.value!r} (model {r.index}, lake {r.lake_index})"

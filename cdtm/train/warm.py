@@ -10,11 +10,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import torch
 
-from cdtm.spec import FeatureSpec
+from cdtm.spec import FeatureSpec, moved_values
 from cdtm.train.artifacts import VOCAB_FILE, champion_artifact, load_artifact
 
 log = logging.getLogger(__name__)
@@ -85,28 +86,13 @@ def _check_prefix(source: Path, vocab: pa.Table | None) -> None:
         raise WarmStartError(
             f"train.warm_start: {source.name} or the lake carries no vocabulary to match rows by"
         )
-    lake = {
-        (f, v): i
-        for f, v, i in zip(
-            vocab.column("field").to_pylist(),
-            vocab.column("value").to_pylist(),
-            vocab.column("index").to_pylist(),
-        )
-    }
-    old = pq.read_table(path)
-    moved = [
-        (f, v, i, lake.get((f, v)))
-        for f, v, i in zip(
-            old.column("field").to_pylist(),
-            old.column("value").to_pylist(),
-            old.column("index").to_pylist(),
-        )
-        if lake.get((f, v)) != i
-    ]
-    if moved:
-        f, v, i, now = moved[0]
+    moved = moved_values(pq.read_table(path).to_pandas(), vocab.to_pandas())
+    if len(moved):
+        r = moved.iloc[0]
+        now = "absent" if pd.isna(r.lake_index) else int(r.lake_index)
         raise WarmStartError(
             f"train.warm_start: {len(moved):,} values of {source.name} have another index in "
-            f"the lake's vocabulary now (e.g. {f}={v!r}: {i} -> {now}); the vocabulary was "
+            f"the lake's vocabulary now (e.g. {r.field}={r.value!r}: {r['index']} -> {now}); "
+            "the vocabulary was "
             "rebuilt, so its embedding rows cannot be reused: train without warm_start"
         )
